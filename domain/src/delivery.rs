@@ -105,7 +105,9 @@ impl Delivery {
     pub fn replay<'a>(events: impl IntoIterator<Item = &'a Event>) -> Result<Self, HistoryError> {
         events
             .into_iter()
-            .try_fold(Delivery::default(), |delivery, event| delivery.evolve(event))
+            .try_fold(Delivery::default(), |delivery, event| {
+                delivery.evolve(event)
+            })
     }
 
     pub fn status(&self) -> Option<Status> {
@@ -186,7 +188,11 @@ impl Delivery {
             }
             Command::Cancel { reason } => {
                 const ACTION: &str = "cancel";
-                require_role(actor, ACTION, &[Role::Dispatcher, Role::Admin, Role::System])?;
+                require_role(
+                    actor,
+                    ACTION,
+                    &[Role::Dispatcher, Role::Admin, Role::System],
+                )?;
                 if !matches!(state.status, Status::Created | Status::RiderAssigned) {
                     return Err(invalid(ACTION, state.status));
                 }
@@ -272,7 +278,12 @@ fn apply(mut state: DeliveryState, change: &DeliveryEvent, at: DateTime<Utc>) ->
     state
 }
 
-fn event(delivery_id: DeliveryId, at: DateTime<Utc>, actor: &Actor, change: DeliveryEvent) -> Event {
+fn event(
+    delivery_id: DeliveryId,
+    at: DateTime<Utc>,
+    actor: &Actor,
+    change: DeliveryEvent,
+) -> Event {
     Event {
         delivery_id,
         occurred_at: at,
@@ -285,7 +296,11 @@ fn invalid(action: &'static str, status: Status) -> DeliveryError {
     DeliveryError::InvalidTransition { action, status }
 }
 
-fn require_role(actor: &Actor, action: &'static str, allowed: &[Role]) -> Result<(), DeliveryError> {
+fn require_role(
+    actor: &Actor,
+    action: &'static str,
+    allowed: &[Role],
+) -> Result<(), DeliveryError> {
     if allowed.contains(&actor.role) {
         Ok(())
     } else {

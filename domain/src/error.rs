@@ -8,11 +8,17 @@ pub enum DeliveryError {
     #[error("the delivery does not exist")]
     NotFound,
     #[error("cannot {action} a delivery that is {status}")]
-    InvalidTransition { action: &'static str, status: Status },
+    InvalidTransition {
+        action: &'static str,
+        status: Status,
+    },
     #[error("the rider is already assigned to this delivery")]
     RiderAlreadyAssigned,
     #[error("a {role} may not {action} a delivery")]
-    RoleNotAllowed { action: &'static str, role: crate::Role },
+    RoleNotAllowed {
+        action: &'static str,
+        role: crate::Role,
+    },
     #[error("only the assigned rider may {action} this delivery")]
     NotAssignedRider { action: &'static str },
 }

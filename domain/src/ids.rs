@@ -150,7 +150,9 @@ impl TryFrom<RawAddress> for Address {
 impl Address {
     pub fn new(line: impl Into<String>, lat: f64, lon: f64) -> Result<Self, InvalidValue> {
         let line = line.into();
-        if line.trim().is_empty() || line.chars().count() > 300 || line.chars().any(char::is_control)
+        if line.trim().is_empty()
+            || line.chars().count() > 300
+            || line.chars().any(char::is_control)
         {
             return Err(InvalidValue::new(
                 "address.line",
@@ -158,10 +160,16 @@ impl Address {
             ));
         }
         if !(lat.is_finite() && (-90.0..=90.0).contains(&lat)) {
-            return Err(InvalidValue::new("address.lat", "must be between -90 and 90"));
+            return Err(InvalidValue::new(
+                "address.lat",
+                "must be between -90 and 90",
+            ));
         }
         if !(lon.is_finite() && (-180.0..=180.0).contains(&lon)) {
-            return Err(InvalidValue::new("address.lon", "must be between -180 and 180"));
+            return Err(InvalidValue::new(
+                "address.lon",
+                "must be between -180 and 180",
+            ));
         }
         Ok(Self { line, lat, lon })
     }

@@ -26,7 +26,10 @@ pub async fn create_database_if_missing(url: &str) -> Result<(), sqlx::Error> {
             .await?;
     if !exists {
         let quoted = name.replace('"', "\"\"");
-        match admin.execute(format!("create database \"{quoted}\"").as_str()).await {
+        match admin
+            .execute(format!("create database \"{quoted}\"").as_str())
+            .await
+        {
             Ok(_) => {}
             // Another process created it between our check and our create.
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}

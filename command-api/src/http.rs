@@ -1,0 +1,341 @@
+//! Routes and handlers: HTTP -> command -> `decide` -> event store + outbox.
+
+use crate::auth::{Authenticated, Tokens};
+use crate::error::ApiError;
+use crate::idempotency::{IdempotentRequest, StoredResponse};
+use crate::store::{self, Causation, StoreError};
+use axum::extract::{DefaultBodyLimit, FromRef, FromRequest, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use domain::{
+    Actor, Address, CancelReason, Command, CustomerId, Delivery, DeliveryId, OrderRef, RiderId,
+};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use sqlx::PgPool;
+use tower_http::trace::TraceLayer;
+use uuid::Uuid;
+
+/// What every handler shares.
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub tokens: Tokens,
+    /// Request bodies above this many bytes get a 413.
+    pub max_body_bytes: usize,
+}
+
+/// The command API as a router, ready to serve or to drive in tests.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/deliveries", post(create))
+        .route("/deliveries/{id}/assign", post(assign))
+        .route("/deliveries/{id}/pickup", post(pick_up))
+        .route("/deliveries/{id}/complete", post(complete))
+        .route("/deliveries/{id}/cancel", post(cancel))
+        .route("/health", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// A JSON body whose every rejection (syntax, content type, size) is an `ApiError`.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+struct JsonBody<T>(T);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRequest {
+    /// Lets a client choose the id (and so retry a create safely); a UUID v7 otherwise.
+    delivery_id: Option<Uuid>,
+    order_ref: OrderRef,
+    customer_id: CustomerId,
+    pickup: Address,
+    dropoff: Address,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AssignRequest {
+    rider_id: RiderId,
+    expected_version: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelRequest {
+    reason: CancelReason,
+    expected_version: Option<i64>,
+}
+
+fn parse_body<T: DeserializeOwned>(body: &serde_json::Value) -> Result<T, ApiError> {
+    T::deserialize(body).map_err(|e| ApiError::InvalidBody(e.to_string()))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    Authenticated(actor): Authenticated,
+    uri: Uri,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    let request: CreateRequest = parse_body(&body)?;
+    let delivery_id = DeliveryId::from_uuid(request.delivery_id.unwrap_or_else(Uuid::now_v7));
+    let command = Command::Create {
+        delivery_id,
+        order_ref: request.order_ref,
+        customer_id: request.customer_id,
+        pickup: request.pickup,
+        dropoff: request.dropoff,
+    };
+    let request = CommandRequest::new(&headers, &uri, &actor, &body, None)?;
+    execute(&state, actor, delivery_id, command, request).await
+}
+
+async fn assign(
+    State(state): State<AppState>,
+    Authenticated(actor): Authenticated,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    let delivery_id = DeliveryId::parse(&id).map_err(|_| ApiError::NotFound)?;
+    let assign: AssignRequest = parse_body(&body)?;
+    let request = CommandRequest::new(&headers, &uri, &actor, &body, assign.expected_version)?;
+    let command = Command::AssignRider {
+        rider_id: assign.rider_id,
+    };
+    execute(&state, actor, delivery_id, command, request).await
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    Authenticated(actor): Authenticated,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    let delivery_id = DeliveryId::parse(&id).map_err(|_| ApiError::NotFound)?;
+    let cancel: CancelRequest = parse_body(&body)?;
+    let request = CommandRequest::new(&headers, &uri, &actor, &body, cancel.expected_version)?;
+    let command = Command::Cancel {
+        reason: cancel.reason,
+    };
+    execute(&state, actor, delivery_id, command, request).await
+}
+
+/// Pick-up and completion carry no information beyond who and when: no body is read.
+async fn pick_up(
+    State(state): State<AppState>,
+    Authenticated(actor): Authenticated,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let delivery_id = DeliveryId::parse(&id).map_err(|_| ApiError::NotFound)?;
+    let request = CommandRequest::new(&headers, &uri, &actor, &serde_json::Value::Null, None)?;
+    execute(&state, actor, delivery_id, Command::PickUp, request).await
+}
+
+async fn complete(
+    State(state): State<AppState>,
+    Authenticated(actor): Authenticated,
+    Path(id): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let delivery_id = DeliveryId::parse(&id).map_err(|_| ApiError::NotFound)?;
+    let request = CommandRequest::new(&headers, &uri, &actor, &serde_json::Value::Null, None)?;
+    execute(&state, actor, delivery_id, Command::Complete, request).await
+}
+
+/// What a command request says besides the command: preconditions and tracing ids.
+struct CommandRequest {
+    expected_version: Option<i64>,
+    idempotency: Option<IdempotentRequest>,
+    causation: Causation,
+}
+
+impl CommandRequest {
+    fn new(
+        headers: &HeaderMap,
+        uri: &Uri,
+        actor: &Actor,
+        body: &serde_json::Value,
+        body_version: Option<i64>,
+    ) -> Result<Self, ApiError> {
+        let header_version = if_match_version(headers)?;
+        let expected_version = match (header_version, body_version) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(ApiError::InvalidHeader(
+                    "If-Match and expected_version disagree".into(),
+                ));
+            }
+            (a, b) => a.or(b),
+        };
+        let idempotency = match headers.get("idempotency-key") {
+            None => None,
+            Some(value) => {
+                let key = value
+                    .to_str()
+                    .ok()
+                    .filter(|key| (1..=255).contains(&key.len()))
+                    .ok_or_else(|| {
+                        ApiError::InvalidHeader(
+                            "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
+                        )
+                    })?;
+                Some(IdempotentRequest::new(
+                    format!("{}:{}", actor.role, actor.id),
+                    key.to_owned(),
+                    Method::POST.as_str(),
+                    uri.path(),
+                    body,
+                ))
+            }
+        };
+        let correlation_id = match headers.get("x-correlation-id") {
+            None => Uuid::now_v7(),
+            Some(value) => value
+                .to_str()
+                .ok()
+                .and_then(|raw| Uuid::parse_str(raw).ok())
+                .ok_or_else(|| ApiError::InvalidHeader("X-Correlation-Id must be a UUID".into()))?,
+        };
+        Ok(Self {
+            expected_version,
+            idempotency,
+            // The request itself is the cause of the events it appends.
+            causation: Causation {
+                correlation_id,
+                causation_id: Uuid::now_v7(),
+            },
+        })
+    }
+}
+
+/// `If-Match: "3"` (or `3`, or `W/"3"`) expects version 3; `*` or no header means "latest".
+fn if_match_version(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let invalid = || ApiError::InvalidHeader("If-Match must be a version number like \"3\"".into());
+    let raw = value.to_str().map_err(|_| invalid())?.trim();
+    if raw == "*" {
+        return Ok(None);
+    }
+    let raw = raw.strip_prefix("W/").unwrap_or(raw).trim_matches('"');
+    raw.parse::<i64>()
+        .ok()
+        .filter(|version| *version >= 0)
+        .map(Some)
+        .ok_or_else(invalid)
+}
+
+/// Loads, decides and appends in one transaction, recording the idempotent response with it.
+async fn execute(
+    state: &AppState,
+    actor: Actor,
+    delivery_id: DeliveryId,
+    command: Command,
+    request: CommandRequest,
+) -> Result<Response, ApiError> {
+    if let Some(idempotency) = &request.idempotency {
+        if let Some(stored) = idempotency.find(&state.pool).await? {
+            return replay(idempotency, stored);
+        }
+    }
+    let is_create = matches!(command, Command::Create { .. });
+    let mut tx = state.pool.begin().await?;
+    let history = store::load(&mut tx, delivery_id).await.map_err(internal)?;
+    let facts = history
+        .iter()
+        .map(|envelope| envelope.decode())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let delivery = Delivery::replay(&facts).map_err(|e| ApiError::Internal(e.into()))?;
+    if let Some(expected) = request.expected_version {
+        if expected != delivery.version {
+            return Err(ApiError::VersionConflict {
+                expected,
+                actual: delivery.version,
+            });
+        }
+    }
+    let events = delivery.decide(command, &actor, Utc::now())?;
+    let appended = match store::append(&mut tx, delivery.version, &events, request.causation).await
+    {
+        Ok(appended) => appended,
+        // Two creates of one id raced: the loser sees the delivery as already there.
+        Err(StoreError::VersionConflict { .. }) if is_create => {
+            return Err(ApiError::AlreadyExists);
+        }
+        Err(StoreError::VersionConflict { version }) => {
+            return Err(ApiError::VersionConflict {
+                expected: request.expected_version.unwrap_or(delivery.version),
+                actual: version,
+            });
+        }
+        Err(e) => return Err(internal(e)),
+    };
+    let version = appended.last().map_or(delivery.version, |a| a.version);
+    let status = if is_create {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let body = json!({
+        "delivery_id": delivery_id,
+        "version": version,
+        "events": appended,
+    });
+    if let Some(idempotency) = &request.idempotency {
+        if !idempotency.record(&mut tx, status.as_u16(), &body).await? {
+            // A concurrent request with the same key committed first: ours must not land.
+            tx.rollback().await?;
+            let stored = idempotency.find(&state.pool).await?.ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!("idempotency record vanished"))
+            })?;
+            return replay(idempotency, stored);
+        }
+    }
+    tx.commit().await?;
+    Ok(command_response(status, body, false))
+}
+
+fn replay(request: &IdempotentRequest, stored: StoredResponse) -> Result<Response, ApiError> {
+    if stored.request_hash != request.request_hash {
+        return Err(ApiError::IdempotencyKeyReused);
+    }
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    Ok(command_response(status, stored.body, true))
+}
+
+/// The new version goes in the ETag, so a client can send it back as If-Match.
+fn command_response(status: StatusCode, body: serde_json::Value, replayed: bool) -> Response {
+    let etag = body
+        .get("version")
+        .and_then(serde_json::Value::as_i64)
+        .and_then(|version| HeaderValue::from_str(&format!("\"{version}\"")).ok());
+    let mut response = (status, Json(body)).into_response();
+    if let Some(etag) = etag {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    if replayed {
+        response
+            .headers_mut()
+            .insert("idempotency-replayed", HeaderValue::from_static("true"));
+    }
+    response
+}
+
+fn internal(error: StoreError) -> ApiError {
+    ApiError::Internal(error.into())
+}
