@@ -247,10 +247,10 @@ async fn execute(
     command: Command,
     request: CommandRequest,
 ) -> Result<Response, ApiError> {
-    if let Some(idempotency) = &request.idempotency {
-        if let Some(stored) = idempotency.find(&state.pool).await? {
-            return replay(idempotency, stored);
-        }
+    if let Some(idempotency) = &request.idempotency
+        && let Some(stored) = idempotency.find(&state.pool).await?
+    {
+        return replay(idempotency, stored);
     }
     let is_create = matches!(command, Command::Create { .. });
     let mut tx = state.pool.begin().await?;
@@ -261,13 +261,13 @@ async fn execute(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::Internal(e.into()))?;
     let delivery = Delivery::replay(&facts).map_err(|e| ApiError::Internal(e.into()))?;
-    if let Some(expected) = request.expected_version {
-        if expected != delivery.version {
-            return Err(ApiError::VersionConflict {
-                expected,
-                actual: delivery.version,
-            });
-        }
+    if let Some(expected) = request.expected_version
+        && expected != delivery.version
+    {
+        return Err(ApiError::VersionConflict {
+            expected,
+            actual: delivery.version,
+        });
     }
     let events = delivery.decide(command, &actor, Utc::now())?;
     let appended = match store::append(&mut tx, delivery.version, &events, request.causation).await
@@ -296,15 +296,16 @@ async fn execute(
         "version": version,
         "events": appended,
     });
-    if let Some(idempotency) = &request.idempotency {
-        if !idempotency.record(&mut tx, status.as_u16(), &body).await? {
-            // A concurrent request with the same key committed first: ours must not land.
-            tx.rollback().await?;
-            let stored = idempotency.find(&state.pool).await?.ok_or_else(|| {
-                ApiError::Internal(anyhow::anyhow!("idempotency record vanished"))
-            })?;
-            return replay(idempotency, stored);
-        }
+    if let Some(idempotency) = &request.idempotency
+        && !idempotency.record(&mut tx, status.as_u16(), &body).await?
+    {
+        // A concurrent request with the same key committed first: ours must not land.
+        tx.rollback().await?;
+        let stored = idempotency
+            .find(&state.pool)
+            .await?
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotency record vanished")))?;
+        return replay(idempotency, stored);
     }
     tx.commit().await?;
     Ok(command_response(status, body, false))

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Benchmarks the command API against the raw Postgres figure for the same work.
+#   scripts/bench.sh [CLIENTS] [SECONDS]
+# 1. A fresh `delivery_bench` database, migrated; the release command API on 127.0.0.1:18080.
+# 2. `bench`: CLIENTS concurrent HTTP clients walking deliveries through their lifecycle.
+# 3. pgbench, same client count: one event insert plus one outbox insert per transaction.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+ensure_postgres
+clients="${1:-16}"
+seconds="${2:-20}"
+db=delivery_bench
+url="$POSTGRES_URL/$db"
+tokens="dev-dispatcher-token=dispatcher:desk-1,dev-rider-42-token=rider:rider-42"
+
+cargo build --release -q -p migrations -p command-api -p bench
+psql -q "$POSTGRES_URL/postgres" -c "drop database if exists $db"
+WRITE_DATABASE_URL="$url" READ_DATABASE_URL="$POSTGRES_URL/${db}_read" target/release/migrate >/dev/null
+
+RUST_LOG=warn target/release/command-api --database-url "$url" --listen 127.0.0.1:18080 \
+    --tokens "$tokens" --db-connections "$clients" &
+api=$!
+trap 'kill $api 2>/dev/null || true' EXIT
+for _ in $(seq 1 50); do curl -fs http://127.0.0.1:18080/health >/dev/null && break; sleep 0.2; done
+
+echo "== command API over HTTP"
+target/release/bench --url http://127.0.0.1:18080 --clients "$clients" --seconds "$seconds"
+kill $api; wait $api 2>/dev/null || true
+
+echo "== raw Postgres (pgbench: event insert + outbox insert per transaction)"
+script=$(mktemp)
+cat > "$script" <<'SQL'
+begin;
+insert into events (event_id, delivery_id, version, event_type, schema_version, payload, metadata, occurred_at)
+values (gen_random_uuid(), gen_random_uuid(), 1, 'delivery.created', 1,
+        '{"order_ref":"bench","customer_id":"c","pickup":{"line":"a","lat":1,"lon":2},"dropoff":{"line":"b","lat":1,"lon":2}}',
+        '{"actor":{"role":"dispatcher","id":"desk-1"},"correlation_id":"00000000-0000-0000-0000-000000000000","causation_id":"00000000-0000-0000-0000-000000000000"}',
+        now());
+insert into outbox (id, aggregatetype, aggregateid, type, payload, headers)
+values (gen_random_uuid(), 'delivery', 'bench', 'delivery.created', '{"version":1}', '{}');
+commit;
+SQL
+pgbench -n -M prepared -c "$clients" -j 2 -T "$seconds" -f "$script" "$url" | grep -E "tps|latency average"
+rm -f "$script"
