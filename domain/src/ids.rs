@@ -208,7 +208,11 @@ mod tests {
         assert!(ok.is_ok());
         let bad: Result<Address, _> =
             serde_json::from_str(r#"{"line":"Main St 1","lat":91.0,"lon":13.4}"#);
-        assert!(bad.unwrap_err().to_string().contains("between -90 and 90"));
+        assert!(
+            bad.expect_err("latitude 91 is out of range")
+                .to_string()
+                .contains("between -90 and 90")
+        );
     }
 
     #[test]
