@@ -105,13 +105,20 @@ async fn assign(
     headers: HeaderMap,
     JsonBody(body): JsonBody<serde_json::Value>,
 ) -> Result<Response, ApiError> {
-    let delivery_id = DeliveryId::parse(&id).map_err(|_| ApiError::NotFound)?;
     let assign: AssignRequest = parse_body(&body)?;
-    let request = CommandRequest::new(&headers, &uri, &actor, &body, assign.expected_version)?;
     let command = Command::AssignRider {
         rider_id: assign.rider_id,
     };
-    execute(&state, actor, delivery_id, command, request).await
+    let target = Target::new(&id, &uri, &headers)?;
+    on_delivery(
+        &state,
+        actor,
+        target,
+        &body,
+        assign.expected_version,
+        command,
+    )
+    .await
 }
 
 async fn cancel(
@@ -122,13 +129,20 @@ async fn cancel(
     headers: HeaderMap,
     JsonBody(body): JsonBody<serde_json::Value>,
 ) -> Result<Response, ApiError> {
-    let delivery_id = DeliveryId::parse(&id).map_err(|_| ApiError::NotFound)?;
     let cancel: CancelRequest = parse_body(&body)?;
-    let request = CommandRequest::new(&headers, &uri, &actor, &body, cancel.expected_version)?;
     let command = Command::Cancel {
         reason: cancel.reason,
     };
-    execute(&state, actor, delivery_id, command, request).await
+    let target = Target::new(&id, &uri, &headers)?;
+    on_delivery(
+        &state,
+        actor,
+        target,
+        &body,
+        cancel.expected_version,
+        command,
+    )
+    .await
 }
 
 /// Pick-up and completion carry no information beyond who and when: no body is read.
@@ -139,9 +153,16 @@ async fn pick_up(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let delivery_id = DeliveryId::parse(&id).map_err(|_| ApiError::NotFound)?;
-    let request = CommandRequest::new(&headers, &uri, &actor, &serde_json::Value::Null, None)?;
-    execute(&state, actor, delivery_id, Command::PickUp, request).await
+    let target = Target::new(&id, &uri, &headers)?;
+    on_delivery(
+        &state,
+        actor,
+        target,
+        &serde_json::Value::Null,
+        None,
+        Command::PickUp,
+    )
+    .await
 }
 
 async fn complete(
@@ -151,9 +172,48 @@ async fn complete(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let delivery_id = DeliveryId::parse(&id).map_err(|_| ApiError::NotFound)?;
-    let request = CommandRequest::new(&headers, &uri, &actor, &serde_json::Value::Null, None)?;
-    execute(&state, actor, delivery_id, Command::Complete, request).await
+    let target = Target::new(&id, &uri, &headers)?;
+    on_delivery(
+        &state,
+        actor,
+        target,
+        &serde_json::Value::Null,
+        None,
+        Command::Complete,
+    )
+    .await
+}
+
+/// The delivery a command is addressed to, with the request's path and headers.
+struct Target<'a> {
+    delivery_id: DeliveryId,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+}
+
+impl<'a> Target<'a> {
+    /// A malformed id names no delivery that could exist: 404, like an unknown one.
+    fn new(id: &str, uri: &'a Uri, headers: &'a HeaderMap) -> Result<Self, ApiError> {
+        let delivery_id = DeliveryId::parse(id).map_err(|_| ApiError::NotFound)?;
+        Ok(Self {
+            delivery_id,
+            uri,
+            headers,
+        })
+    }
+}
+
+/// Runs a command on an existing delivery.
+async fn on_delivery(
+    state: &AppState,
+    actor: Actor,
+    target: Target<'_>,
+    body: &serde_json::Value,
+    body_version: Option<i64>,
+    command: Command,
+) -> Result<Response, ApiError> {
+    let request = CommandRequest::new(target.headers, target.uri, &actor, body, body_version)?;
+    execute(state, actor, target.delivery_id, command, request).await
 }
 
 /// What a command request says besides the command: preconditions and tracing ids.
