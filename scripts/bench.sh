@@ -18,7 +18,7 @@ cargo build --release -q -p migrations -p command-api -p bench
 psql -q "$POSTGRES_URL/postgres" -c "drop database if exists $db"
 WRITE_DATABASE_URL="$url" READ_DATABASE_URL="$POSTGRES_URL/${db}_read" target/release/migrate >/dev/null
 
-RUST_LOG=warn target/release/command-api --database-url "$url" --listen 127.0.0.1:18080 \
+RUST_LOG=warn target/release/command-api --database-url "$url" serve --listen 127.0.0.1:18080 \
     --tokens "$tokens" --db-connections "$clients" &
 api=$!
 trap 'kill $api 2>/dev/null || true' EXIT

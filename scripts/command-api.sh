@@ -11,4 +11,4 @@ export COMMAND_API_TOKENS="${COMMAND_API_TOKENS:-dev-dispatcher-token=dispatcher
 cargo build --release -q -p migrations -p command-api
 target/release/migrate
 echo "command API on http://${COMMAND_API_LISTEN:-127.0.0.1:8080} (tokens: $COMMAND_API_TOKENS)"
-exec target/release/command-api
+exec target/release/command-api serve

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod error;
 mod http;
 mod idempotency;
+pub mod relay;
 pub mod store;
 
 pub use auth::Tokens;

@@ -1,18 +1,49 @@
-//! `command-api`: serves the HTTP command endpoints.
+//! `command-api serve`: the HTTP command endpoints. `command-api relay`: the outbox relay.
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
+use command_api::relay::{self, RelayConfig};
 use command_api::{AppState, Tokens, app};
 use sqlx::postgres::PgPoolOptions;
 use std::net::SocketAddr;
 
-/// The delivery command API.
+/// The delivery command side: HTTP command API and outbox relay.
 #[derive(Parser)]
 #[command(version, about)]
-struct Config {
+struct Cli {
     /// The write database (event store and outbox).
-    #[arg(long, env = "WRITE_DATABASE_URL")]
+    #[arg(long, env = "WRITE_DATABASE_URL", global = true, default_value = "")]
     database_url: String,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve the HTTP command endpoints.
+    Serve(ServeConfig),
+    /// Publish the outbox to Kafka (one active relay at a time; others wait as standbys).
+    Relay(RelayArgs),
+}
+
+#[derive(Args)]
+struct RelayArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// The topic the events go to (created beforehand: the relay creates nothing).
+    #[arg(long, env = "KAFKA_TOPIC", default_value = "delivery.events")]
+    topic: String,
+    /// Outbox rows published per round.
+    #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 500)]
+    batch_size: i64,
+    /// Fallback polling interval in milliseconds, for when a notification is missed.
+    #[arg(long, env = "RELAY_POLL_MS", default_value_t = 1000)]
+    poll_ms: u64,
+}
+
+#[derive(Args)]
+struct ServeConfig {
     /// Address to listen on.
     #[arg(long, env = "COMMAND_API_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -39,13 +70,39 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,tower_http=info".into()),
         )
         .init();
-    let config = Config::parse();
-    let tokens = Tokens::parse(&config.tokens).context("reading COMMAND_API_TOKENS")?;
+    let cli = Cli::parse();
     let pool = PgPoolOptions::new()
-        .max_connections(config.db_connections)
-        .connect(&config.database_url)
+        .max_connections(match &cli.command {
+            Cmd::Serve(config) => config.db_connections,
+            Cmd::Relay(_) => 3,
+        })
+        .connect(&cli.database_url)
         .await
-        .context("connecting to the write database")?;
+        .context("connecting to the write database (WRITE_DATABASE_URL)")?;
+    match cli.command {
+        Cmd::Serve(config) => serve(pool, config).await,
+        Cmd::Relay(args) => {
+            let producer = relay::producer(&args.brokers).context("creating the Kafka producer")?;
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let cancel = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                cancel.cancel();
+            });
+            let config = RelayConfig {
+                topic: args.topic,
+                batch_size: args.batch_size,
+                poll_interval: std::time::Duration::from_millis(args.poll_ms),
+            };
+            relay::run(pool, producer, config, shutdown)
+                .await
+                .context("relaying the outbox")
+        }
+    }
+}
+
+async fn serve(pool: sqlx::PgPool, config: ServeConfig) -> anyhow::Result<()> {
+    let tokens = Tokens::parse(&config.tokens).context("reading COMMAND_API_TOKENS")?;
     if config.migrate {
         migrations::WRITE
             .run(&pool)

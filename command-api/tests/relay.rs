@@ -1,0 +1,332 @@
+//! The outbox relay against real Postgres and a real Kafka-protocol broker.
+//! The broker binary comes from `NISSHI_BIN` (scripts/install-nisshi.sh installs it).
+
+use chrono::{TimeZone, Utc};
+use command_api::relay::{self, RelayConfig};
+use command_api::store::{self, Causation};
+use domain::{
+    Actor, Address, Command, CustomerId, Delivery, DeliveryId, EventEnvelope, OrderRef, RiderId,
+    Role,
+};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use sqlx::PgPool;
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::process::{Child, Command as Process};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const TOPIC: &str = "delivery.events";
+
+/// A broker on a free port with in-memory storage, stopped when dropped.
+struct Broker {
+    address: String,
+    _process: Child,
+}
+
+impl Broker {
+    async fn start(partitions: u32) -> Broker {
+        let binary = std::env::var("NISSHI_BIN").unwrap_or_else(|_| {
+            let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+            format!("{home}/.cache/delivery-platform/nisshi/bin/nisshi")
+        });
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{address}");
+        let process = Process::new(&binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args([
+                "--storage-engine",
+                "memory://nisshi/",
+                "--cluster-id",
+                "test",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {binary} (run scripts/install-nisshi.sh): {e}"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(&address).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "broker did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let created = Process::new(&binary)
+            .args([
+                "topic",
+                "create",
+                TOPIC,
+                "--partitions",
+                &partitions.to_string(),
+            ])
+            .args(["--broker", &url])
+            .output()
+            .await
+            .expect("topic command runs");
+        assert!(created.status.success(), "{created:?}");
+        Broker {
+            address,
+            _process: process,
+        }
+    }
+}
+
+/// Appends a whole lifecycle (4 events) for `deliveries` deliveries, interleaved.
+async fn record_lifecycles(pool: &PgPool, deliveries: u128) -> Vec<DeliveryId> {
+    let dispatcher = Actor::new(Role::Dispatcher, "desk-1");
+    let rider = Actor::new(Role::Rider, "rider-1");
+    let at = Utc
+        .with_ymd_and_hms(2026, 11, 23, 12, 0, 0)
+        .single()
+        .expect("time");
+    let ids: Vec<_> = (1..=deliveries)
+        .map(|n| DeliveryId::from_uuid(Uuid::from_u128(n)))
+        .collect();
+    let address = Address::new("Main St 1", 52.5, 13.4).expect("address");
+    let steps = |id: DeliveryId| {
+        vec![
+            (
+                Command::Create {
+                    delivery_id: id,
+                    order_ref: OrderRef::parse("order-1").expect("valid"),
+                    customer_id: CustomerId::parse("customer-1").expect("valid"),
+                    pickup: address.clone(),
+                    dropoff: address.clone(),
+                },
+                &dispatcher,
+            ),
+            (
+                Command::AssignRider {
+                    rider_id: RiderId::parse("rider-1").expect("valid"),
+                },
+                &dispatcher,
+            ),
+            (Command::PickUp, &rider),
+            (Command::Complete, &rider),
+        ]
+    };
+    let mut states: HashMap<DeliveryId, Delivery> = HashMap::new();
+    for step in 0..4 {
+        for id in &ids {
+            let (command, actor) = steps(*id).swap_remove(step);
+            let delivery = states.remove(id).unwrap_or_default();
+            let events = delivery.decide(command, actor, at).expect("allowed");
+            let mut tx = pool.begin().await.expect("begin");
+            let causation = Causation {
+                correlation_id: Uuid::from_u128(1),
+                causation_id: Uuid::from_u128(2),
+            };
+            store::append(&mut tx, delivery.version, &events, causation)
+                .await
+                .expect("append");
+            tx.commit().await.expect("commit");
+            let next = events
+                .iter()
+                .try_fold(delivery, |d, e| d.evolve(e))
+                .expect("valid");
+            states.insert(*id, next);
+        }
+    }
+    ids
+}
+
+fn consumer(broker: &Broker) -> StreamConsumer {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .set("group.id", format!("test-{}", Uuid::now_v7()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[TOPIC]).expect("subscribe");
+    consumer
+}
+
+/// Reads until `count` messages arrived (or fails after a deadline).
+async fn consume(
+    consumer: &StreamConsumer,
+    count: usize,
+) -> Vec<(String, i32, EventEnvelope, HashMap<String, String>)> {
+    let mut received = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while received.len() < count {
+        let message = tokio::time::timeout_at(deadline, consumer.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} messages arrived", received.len()))
+            .expect("message");
+        let key = String::from_utf8(message.key().expect("keyed").to_vec()).expect("utf8 key");
+        let envelope =
+            EventEnvelope::from_json(message.payload().expect("payload")).expect("envelope");
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        received.push((key, message.partition(), envelope, headers));
+    }
+    received
+}
+
+fn relay_config() -> RelayConfig {
+    RelayConfig {
+        topic: TOPIC.into(),
+        batch_size: 7,
+        poll_interval: Duration::from_millis(200),
+    }
+}
+
+#[sqlx::test(migrator = "migrations::WRITE")]
+async fn the_relay_publishes_every_event_keyed_by_delivery_in_order_and_marks_it(pool: PgPool) {
+    let broker = Broker::start(3).await;
+    let ids = record_lifecycles(&pool, 6).await;
+    let shutdown = CancellationToken::new();
+    let producer = relay::producer(&broker.address).expect("producer");
+    let running = tokio::spawn(relay::run(
+        pool.clone(),
+        producer,
+        relay_config(),
+        shutdown.clone(),
+    ));
+
+    let received = consume(&consumer(&broker), 24).await;
+    let mut per_delivery: HashMap<String, Vec<i64>> = HashMap::new();
+    let mut partitions: HashMap<String, i32> = HashMap::new();
+    for (key, partition, envelope, headers) in &received {
+        assert_eq!(key, &envelope.delivery_id.to_string());
+        assert_eq!(headers["event_type"], envelope.event_type);
+        assert_eq!(headers["version"], envelope.version.to_string());
+        assert_eq!(headers["event_id"], envelope.event_id.to_string());
+        assert_eq!(
+            headers["actor"],
+            format!("{}:{}", envelope.actor.role, envelope.actor.id)
+        );
+        assert!(envelope.decode().is_ok());
+        per_delivery
+            .entry(key.clone())
+            .or_default()
+            .push(envelope.version);
+        // One delivery, one partition.
+        assert_eq!(
+            *partitions.entry(key.clone()).or_insert(*partition),
+            *partition
+        );
+    }
+    assert_eq!(per_delivery.len(), ids.len());
+    for versions in per_delivery.values() {
+        assert_eq!(
+            versions,
+            &vec![1, 2, 3, 4],
+            "in order, no gap, no duplicate"
+        );
+    }
+
+    // Marked published only after the broker took them: poll until all are marked.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let unpublished: i64 =
+            sqlx::query_scalar("select count(*) from outbox where published_at is null")
+                .fetch_one(&pool)
+                .await
+                .expect("count");
+        if unpublished == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{unpublished} rows never marked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    running.await.expect("joins").expect("relay ends cleanly");
+}
+
+#[sqlx::test(migrator = "migrations::WRITE")]
+async fn while_the_broker_is_down_the_outbox_keeps_everything_and_drains_in_order_later(
+    pool: PgPool,
+) {
+    // No broker on this address yet: rows stay unpublished, nothing is lost.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let unreachable = relay::producer(&format!("127.0.0.1:{port}")).expect("producer");
+    record_lifecycles(&pool, 2).await;
+    let config = RelayConfig {
+        topic: TOPIC.into(),
+        batch_size: 100,
+        poll_interval: Duration::from_millis(100),
+    };
+    let attempt = tokio::time::timeout(
+        Duration::from_secs(2),
+        relay::publish_batch(&pool, &unreachable, &config),
+    )
+    .await;
+    assert!(
+        !matches!(attempt, Ok(Ok(n)) if n > 0),
+        "nothing can be acknowledged"
+    );
+    let unpublished: i64 =
+        sqlx::query_scalar("select count(*) from outbox where published_at is null")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    assert_eq!(unpublished, 8);
+
+    // The broker comes back: the backlog drains, in order per delivery.
+    let broker = Broker::start(2).await;
+    let shutdown = CancellationToken::new();
+    let producer = relay::producer(&broker.address).expect("producer");
+    let running = tokio::spawn(relay::run(pool.clone(), producer, config, shutdown.clone()));
+    let received = consume(&consumer(&broker), 8).await;
+    let mut per_delivery: HashMap<String, Vec<i64>> = HashMap::new();
+    for (key, _, envelope, _) in received {
+        per_delivery.entry(key).or_default().push(envelope.version);
+    }
+    assert!(
+        per_delivery.values().all(|v| v == &vec![1, 2, 3, 4]),
+        "{per_delivery:?}"
+    );
+    shutdown.cancel();
+    running.await.expect("joins").expect("relay ends cleanly");
+}
+
+#[sqlx::test(migrator = "migrations::WRITE")]
+async fn only_one_relay_at_a_time_holds_the_leader_lock(pool: PgPool) {
+    let mut first = pool.acquire().await.expect("connection").detach();
+    let mut second = pool.acquire().await.expect("connection").detach();
+    assert!(relay::try_become_leader(&mut first).await.expect("lock"));
+    assert!(!relay::try_become_leader(&mut second).await.expect("lock"));
+    drop(first); // the active relay dies: its lock goes with its connection
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !relay::try_become_leader(&mut second).await.expect("lock") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the standby never took over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
