@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 #[command(version, about)]
 struct Cli {
     /// The write database (event store and outbox).
-    #[arg(long, env = "WRITE_DATABASE_URL", global = true, default_value = "")]
+    #[arg(long, env = "WRITE_DATABASE_URL")]
     database_url: String,
     #[command(subcommand)]
     command: Cmd,
