@@ -97,11 +97,6 @@ pub async fn append(
     for (version, event) in (current_version + 1..).zip(events) {
         let event_id = Uuid::now_v7();
         let event_type = event.change.event_type();
-        let metadata = EventMetadata {
-            actor: event.actor.clone(),
-            correlation_id: causation.correlation_id,
-            causation_id: causation.causation_id,
-        };
         let envelope = EventEnvelope {
             event_id,
             delivery_id: event.delivery_id,
@@ -132,7 +127,7 @@ pub async fn append(
             .bind(event_type)
             .bind(SCHEMA_VERSION)
             .bind(&envelope.data)
-            .bind(sqlx::types::Json(&metadata))
+            .bind(sqlx::types::Json(envelope.metadata()))
             .bind(event.occurred_at)
             .bind(sqlx::types::Json(&envelope))
             .bind(&headers)
