@@ -25,7 +25,7 @@ trap 'kill $api 2>/dev/null || true' EXIT
 for _ in $(seq 1 50); do curl -fs http://127.0.0.1:18080/health >/dev/null && break; sleep 0.2; done
 
 echo "== command API over HTTP"
-target/release/bench --url http://127.0.0.1:18080 --clients "$clients" --seconds "$seconds"
+target/release/bench commands --url http://127.0.0.1:18080 --clients "$clients" --seconds "$seconds"
 kill $api; wait $api 2>/dev/null || true
 
 echo "== raw Postgres (pgbench: event insert + outbox insert per transaction)"

@@ -26,3 +26,14 @@ ensure_nisshi() {
     cargo install nisshi --version "$NISSHI_VERSION" --locked --ignore-rust-version \
         --root "$NISSHI_ROOT" >&2
 }
+
+# Waits until HOST:PORT accepts TCP connections, for at most SECONDS.
+wait_for_port() {
+    local address=$1 seconds=$2
+    for _ in $(seq 1 $((seconds * 10))); do
+        if (exec 3<>"/dev/tcp/${address%:*}/${address#*:}") 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    echo "nothing listens on $address after ${seconds}s" >&2
+    return 1
+}

@@ -8,4 +8,9 @@ source scripts/lib.sh
 ensure_postgres
 ensure_nisshi
 export DATABASE_URL="${DATABASE_URL:-$POSTGRES_URL/postgres}"
+# Roles are shared by every database of the cluster, and tests running in parallel would race
+# to create them on a fresh machine: create them once, up front.
+for role in "delivery_reader nologin" "query_api login in role delivery_reader"; do
+    psql -q -d "$DATABASE_URL" -c "do \$\$ begin create role $role; exception when duplicate_object then null; end \$\$"
+done
 cargo test --workspace --all-targets "$@"

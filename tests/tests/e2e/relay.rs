@@ -1,5 +1,5 @@
-//! The outbox relay against real Postgres and a real Kafka-protocol broker.
-//! The broker binary comes from `NISSHI_BIN` (scripts/install-nisshi.sh installs it).
+//! The outbox relay against real Postgres (a fresh write database per test) and a real
+//! Kafka-protocol broker.
 
 use chrono::{TimeZone, Utc};
 use command_api::relay::{self, RelayConfig};
@@ -8,82 +8,15 @@ use domain::{
     Actor, Address, Command, CustomerId, Delivery, DeliveryId, EventEnvelope, OrderRef, RiderId,
     Role,
 };
+use e2e::{Broker, TOPIC};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::time::Duration;
-use tokio::process::{Child, Command as Process};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-const TOPIC: &str = "delivery.events";
-
-/// A broker on a free port with in-memory storage, stopped when dropped.
-struct Broker {
-    address: String,
-    _process: Child,
-}
-
-impl Broker {
-    async fn start(partitions: u32) -> Broker {
-        let binary = std::env::var("NISSHI_BIN").unwrap_or_else(|_| {
-            let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-            format!("{home}/.cache/delivery-platform/nisshi/bin/nisshi")
-        });
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let address = format!("127.0.0.1:{port}");
-        let url = format!("tcp://{address}");
-        let process = Process::new(&binary)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args([
-                "--storage-engine",
-                "memory://nisshi/",
-                "--cluster-id",
-                "test",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {binary} (run scripts/install-nisshi.sh): {e}"));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(&address).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "broker did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let created = Process::new(&binary)
-            .args([
-                "topic",
-                "create",
-                TOPIC,
-                "--partitions",
-                &partitions.to_string(),
-            ])
-            .args(["--broker", &url])
-            .output()
-            .await
-            .expect("topic command runs");
-        assert!(created.status.success(), "{created:?}");
-        Broker {
-            address,
-            _process: process,
-        }
-    }
-}
 
 /// Appends a whole lifecycle (4 events) for `deliveries` deliveries, interleaved.
 async fn record_lifecycles(pool: &PgPool, deliveries: u128) -> Vec<DeliveryId> {

@@ -1,0 +1,239 @@
+//! `bench catch-up`: produces a backlog of whole delivery lifecycles straight to a topic, reads
+//! it once with a bare rdkafka consumer (the broker's raw consume rate), then runs the projector
+//! on a fresh read database and times it until every event is applied.
+
+use anyhow::{Context, bail};
+use chrono::Utc;
+use domain::{
+    Actor, Address, Completed, Created, CustomerId, DeliveryEvent, DeliveryId, EventEnvelope,
+    OrderRef, PickedUp, RiderAssigned, RiderId, Role, SCHEMA_VERSION,
+};
+use futures::StreamExt;
+use projector::{Progress, ProjectorConfig};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::postgres::PgPoolOptions;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+#[derive(clap::Args)]
+pub struct Config {
+    /// Kafka bootstrap servers.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// A topic created for the run (it must be empty: the backlog is all it holds).
+    #[arg(long, default_value = "bench.catchup")]
+    topic: String,
+    /// Events in the backlog (whole lifecycles of 4 events).
+    #[arg(long, default_value_t = 200_000)]
+    events: u64,
+    /// A read database to create (dropped first if it exists) and project into.
+    #[arg(
+        long,
+        default_value = "postgres://postgres@127.0.0.1:5432/delivery_bench_read"
+    )]
+    read_database_url: String,
+    /// Messages applied per read-database transaction.
+    #[arg(long, default_value_t = 2000)]
+    batch_size: usize,
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let deliveries = config.events / 4;
+    let events = deliveries * 4;
+    let produced = Instant::now();
+    produce(&config, deliveries).await?;
+    let produce_secs = produced.elapsed().as_secs_f64();
+    println!(
+        "backlog: {events} events ({deliveries} deliveries) produced in {produce_secs:.1}s ({:.0} events/s)",
+        events as f64 / produce_secs
+    );
+
+    let raw = raw_consume(&config, events).await?;
+    println!(
+        "raw rdkafka consume: {events} messages in {raw:.2}s ({:.0} messages/s)",
+        events as f64 / raw
+    );
+
+    fresh_database(&config.read_database_url).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&config.read_database_url)
+        .await
+        .context("connecting to the bench read database")?;
+    migrations::READ.run(&pool).await?;
+    let progress = Arc::new(Progress::default());
+    let shutdown = CancellationToken::new();
+    let projector_config = ProjectorConfig {
+        brokers: config.brokers.clone(),
+        topic: config.topic.clone(),
+        group: format!("bench-catch-up-{}", Uuid::now_v7()),
+        batch_size: config.batch_size,
+    };
+    let started = Instant::now();
+    let running = tokio::spawn(projector::run(
+        pool.clone(),
+        projector_config,
+        progress.clone(),
+        shutdown.clone(),
+    ));
+    let deadline = started + Duration::from_secs(600);
+    while progress.applied.load(Ordering::Relaxed) < events {
+        if Instant::now() > deadline || running.is_finished() {
+            bail!(
+                "the projector applied only {} of {events} events",
+                progress.applied.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    running.await??;
+    println!(
+        "projector catch-up: {events} events in {elapsed:.2}s ({:.0} events/s, {} batches, \
+         {:.0}% of the raw consume rate)",
+        events as f64 / elapsed,
+        progress.batches.load(Ordering::Relaxed),
+        100.0 * raw / elapsed
+    );
+    Ok(())
+}
+
+fn lifecycle(n: u64) -> Vec<EventEnvelope> {
+    let id = DeliveryId::from_uuid(Uuid::from_u128(u128::from(n) + 1));
+    let rider = RiderId::parse(format!("rider-{}", n % 500)).unwrap_or_else(|_| unreachable!());
+    let address = Address::new("Main St 1", 52.52, 13.40).unwrap_or_else(|_| unreachable!());
+    let changes = [
+        DeliveryEvent::Created(Created {
+            order_ref: OrderRef::parse(format!("order-{n}")).unwrap_or_else(|_| unreachable!()),
+            customer_id: CustomerId::parse("customer-1").unwrap_or_else(|_| unreachable!()),
+            pickup: address.clone(),
+            dropoff: address,
+        }),
+        DeliveryEvent::RiderAssigned(RiderAssigned {
+            rider_id: rider.clone(),
+            previous_rider_id: None,
+        }),
+        DeliveryEvent::PickedUp(PickedUp {
+            rider_id: rider.clone(),
+        }),
+        DeliveryEvent::Completed(Completed { rider_id: rider }),
+    ];
+    let now = Utc::now();
+    changes
+        .into_iter()
+        .zip(1..)
+        .map(|(change, version)| EventEnvelope {
+            event_id: Uuid::now_v7(),
+            delivery_id: id,
+            version,
+            event_type: change.event_type().to_owned(),
+            schema_version: SCHEMA_VERSION,
+            occurred_at: now,
+            recorded_at: now,
+            actor: Actor::new(Role::System, "bench"),
+            correlation_id: Uuid::nil(),
+            causation_id: Uuid::nil(),
+            data: change.data(),
+        })
+        .collect()
+}
+
+async fn produce(config: &Config, deliveries: u64) -> anyhow::Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("partitioner", "murmur2_random")
+        .set("linger.ms", "20")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let mut pending = futures::stream::FuturesUnordered::new();
+    for n in 0..deliveries {
+        for envelope in lifecycle(n) {
+            let key = envelope.delivery_id.to_string();
+            let payload = envelope.to_json();
+            let mut record = FutureRecord::to(&config.topic).key(&key).payload(&payload);
+            loop {
+                match producer.send_result(record) {
+                    Ok(delivery) => {
+                        pending.push(delivery);
+                        break;
+                    }
+                    // The local queue is full: wait for an acknowledgement, then try again.
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), again)) => {
+                        record = again;
+                        acknowledged(pending.next().await)?;
+                    }
+                    Err((error, _)) => return Err(error.into()),
+                }
+            }
+        }
+    }
+    while let Some(result) = pending.next().await {
+        acknowledged(Some(result))?;
+    }
+    Ok(())
+}
+
+fn acknowledged(
+    result: Option<
+        Result<
+            rdkafka::producer::future_producer::OwnedDeliveryResult,
+            futures::channel::oneshot::Canceled,
+        >,
+    >,
+) -> anyhow::Result<()> {
+    match result {
+        None | Some(Ok(Ok(_))) => Ok(()),
+        Some(Ok(Err((error, _)))) => Err(error.into()),
+        Some(Err(_)) => bail!("the producer went away"),
+    }
+}
+
+/// Seconds a bare consumer takes to read `events` messages from the start of the topic.
+async fn raw_consume(config: &Config, events: u64) -> anyhow::Result<f64> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", format!("bench-raw-{}", Uuid::now_v7()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(&[&config.topic])?;
+    let started = Instant::now();
+    let mut stream = consumer.stream();
+    let mut read = 0u64;
+    while read < events {
+        match tokio::time::timeout(Duration::from_secs(60), stream.next()).await {
+            Ok(Some(Ok(_))) => read += 1,
+            Ok(Some(Err(error))) => bail!("raw consumer: {error}"),
+            Ok(None) | Err(_) => bail!("raw consumer read only {read} of {events}"),
+        }
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+async fn fresh_database(url: &str) -> anyhow::Result<()> {
+    use sqlx::{ConnectOptions, Connection, Executor};
+    use std::str::FromStr;
+    let options = sqlx::postgres::PgConnectOptions::from_str(url)?;
+    let name = options
+        .get_database()
+        .context("the read database URL names no database")?
+        .to_owned();
+    let mut admin = options.clone().database("postgres").connect().await?;
+    admin
+        .execute(format!("drop database if exists \"{name}\" with (force)").as_str())
+        .await?;
+    admin
+        .execute(format!("create database \"{name}\"").as_str())
+        .await?;
+    admin.close().await?;
+    Ok(())
+}

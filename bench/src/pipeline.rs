@@ -1,0 +1,203 @@
+//! `bench pipeline`: commands at a steady rate (open loop: the schedule does not wait for
+//! answers), each walked on through its delivery's lifecycle. For every accepted command it
+//! asks the query API for the returned version (`?min_version=`, which waits server-side for
+//! the projection) and records the time from accepted to visible.
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use serde_json::json;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+#[derive(clap::Args)]
+pub struct Config {
+    /// Base URL of the command API.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    command_url: String,
+    /// Base URL of the query API.
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    query_url: String,
+    /// Commands per second.
+    #[arg(long, default_value_t = 500)]
+    rate: u32,
+    /// How long to send commands.
+    #[arg(long, default_value_t = 20)]
+    seconds: u64,
+    #[arg(long, default_value = "dev-dispatcher-token")]
+    dispatcher_token: String,
+    #[arg(long, default_value = "dev-rider-42-token")]
+    rider_token: String,
+    #[arg(long, default_value = "rider-42")]
+    rider_id: String,
+    #[arg(long, default_value = "dev-reader-token")]
+    reader_token: String,
+}
+
+/// A delivery and the lifecycle step it is ready for (0 = create ... 3 = complete).
+#[derive(Clone, Copy)]
+struct Next {
+    id: Uuid,
+    step: u8,
+}
+
+#[derive(Default)]
+struct Figures {
+    accepted: Option<Histogram<u64>>,
+    visible: Option<Histogram<u64>>,
+    failed: u64,
+    not_visible: u64,
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let figures = Arc::new(Mutex::new(Figures {
+        accepted: Some(Histogram::new(3)?),
+        visible: Some(Histogram::new(3)?),
+        ..Figures::default()
+    }));
+    let (ready, mut next_steps) = mpsc::unbounded_channel::<Next>();
+    let mut schedule = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(config.rate)));
+    let mut in_flight = JoinSet::new();
+    let started = Instant::now();
+    let end = started + Duration::from_secs(config.seconds);
+    let mut sent = 0u64;
+    while Instant::now() < end {
+        schedule.tick().await;
+        // Continue a delivery whose previous command was accepted, or start a new one.
+        let next = next_steps.try_recv().unwrap_or(Next {
+            id: Uuid::now_v7(),
+            step: 0,
+        });
+        sent += 1;
+        let (client, config, figures, ready) = (
+            client.clone(),
+            config.clone(),
+            figures.clone(),
+            ready.clone(),
+        );
+        in_flight.spawn(async move {
+            let result = one_command(&client, &config, next, &ready, &figures).await;
+            if result.is_err() {
+                lock(&figures).failed += 1;
+            }
+        });
+        while in_flight.try_join_next().is_some() {}
+    }
+    let sending = started.elapsed().as_secs_f64();
+    while in_flight.join_next().await.is_some() {}
+
+    let figures = lock(&figures);
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let accepted = figures.accepted.as_ref().context("histogram")?;
+    let visible = figures.visible.as_ref().context("histogram")?;
+    println!(
+        "rate={}/s sent={sent} in {sending:.1}s ({:.0} commands/s) failed={} not_visible={}",
+        config.rate,
+        sent as f64 / sending,
+        figures.failed,
+        figures.not_visible
+    );
+    println!(
+        "command accepted: p50={:.2}ms p99={:.2}ms max={:.2}ms",
+        ms(accepted, 0.5),
+        ms(accepted, 0.99),
+        accepted.max() as f64 / 1000.0
+    );
+    println!(
+        "accepted -> visible in the query API: p50={:.2}ms p99={:.2}ms max={:.2}ms (n={})",
+        ms(visible, 0.5),
+        ms(visible, 0.99),
+        visible.max() as f64 / 1000.0,
+        visible.len()
+    );
+    Ok(())
+}
+
+fn lock(figures: &Mutex<Figures>) -> std::sync::MutexGuard<'_, Figures> {
+    figures
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn one_command(
+    client: &reqwest::Client,
+    config: &Config,
+    next: Next,
+    ready: &mpsc::UnboundedSender<Next>,
+    figures: &Mutex<Figures>,
+) -> anyhow::Result<()> {
+    let id = next.id;
+    let (path, token, body) = match next.step {
+        0 => (
+            "/deliveries".to_owned(),
+            &config.dispatcher_token,
+            Some(json!({
+                "delivery_id": id,
+                "order_ref": format!("bench-{id}"),
+                "customer_id": "bench-customer",
+                "pickup": {"line": "Store 1", "lat": 52.52, "lon": 13.40},
+                "dropoff": {"line": "Home 2", "lat": 52.50, "lon": 13.42},
+            })),
+        ),
+        1 => (
+            format!("/deliveries/{id}/assign"),
+            &config.dispatcher_token,
+            Some(json!({"rider_id": config.rider_id})),
+        ),
+        2 => (
+            format!("/deliveries/{id}/pickup"),
+            &config.rider_token,
+            None,
+        ),
+        _ => (
+            format!("/deliveries/{id}/complete"),
+            &config.rider_token,
+            None,
+        ),
+    };
+    let mut request = client
+        .post(format!("{}{path}", config.command_url))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let sent = Instant::now();
+    let response = request.send().await?.error_for_status()?;
+    let answer: serde_json::Value = response.json().await?;
+    let accepted = Instant::now();
+    let version = answer["version"].as_i64().context("no version")?;
+    if next.step < 3 {
+        let _ = ready.send(Next {
+            id,
+            step: next.step + 1,
+        });
+    }
+    let visible = client
+        .get(format!(
+            "{}/deliveries/{id}?min_version={version}&wait_ms=5000",
+            config.query_url
+        ))
+        .bearer_auth(&config.reader_token)
+        .send()
+        .await?;
+    let ok = visible.status().is_success();
+    visible.bytes().await?;
+    let mut figures = lock(figures);
+    if let Some(h) = figures.accepted.as_mut() {
+        h.record(accepted.duration_since(sent).as_micros() as u64)?;
+    }
+    if ok {
+        if let Some(h) = figures.visible.as_mut() {
+            h.record(accepted.elapsed().as_micros() as u64)?;
+        }
+    } else {
+        figures.not_visible += 1;
+    }
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! The Kafka side of the projector: a consumer group member that reads batches, applies each
+//! in one read-database transaction with its offsets, and only then commits to the broker.
+
+use crate::projection::Incoming;
+use crate::store::{self, Applied, Subscription};
+use futures::StreamExt;
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, PgPool};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct ProjectorConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub group: String,
+    /// Most messages applied in one transaction.
+    pub batch_size: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    #[error("Kafka consumer: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
+/// Running totals, readable while the projector runs (benchmarks, logs).
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub applied: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub already_consumed: AtomicU64,
+    pub parked: AtomicU64,
+    pub poison: AtomicU64,
+    pub batches: AtomicU64,
+}
+
+impl Progress {
+    fn add(&self, applied: &Applied) {
+        let add = |counter: &AtomicU64, n: usize| counter.fetch_add(n as u64, Ordering::Relaxed);
+        add(&self.applied, applied.applied);
+        add(&self.duplicates, applied.duplicates);
+        add(&self.already_consumed, applied.already_consumed);
+        add(&self.parked, applied.parked);
+        add(&self.poison, applied.poison);
+        add(&self.batches, 1);
+    }
+}
+
+/// Positions newly assigned partitions at the offsets stored in the read database, so the
+/// consumer resumes where the read model is, not where the broker's group offset says.
+struct StoredOffsets {
+    database: PgConnectOptions,
+    subscription: Subscription,
+}
+
+impl ClientContext for StoredOffsets {}
+
+impl ConsumerContext for StoredOffsets {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        assignment: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.position(assignment);
+                tracing::info!(partitions = ?partitions_of(assignment), "partitions assigned");
+                if let Err(error) = consumer.assign(assignment) {
+                    tracing::error!(%error, "assigning partitions failed");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                tracing::info!(partitions = ?partitions_of(assignment), "partitions revoked");
+                if let Err(error) = consumer.unassign() {
+                    tracing::error!(%error, "unassigning partitions failed");
+                }
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance failed; dropping the assignment");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+impl StoredOffsets {
+    /// Sets each assigned partition's start to its stored offset. librdkafka calls this from
+    /// its poll, which cannot await: the lookup runs on a thread of its own with its own
+    /// connection. If it fails, the partitions start from the broker's committed offsets,
+    /// which are never ahead of the stored ones (they are committed after them); the batch
+    /// transaction skips whatever was already applied.
+    fn position(&self, assignment: &mut TopicPartitionList) {
+        let partitions: Vec<i32> = partitions_of(assignment);
+        let database = self.database.clone();
+        let subscription = self.subscription.clone();
+        let lookup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let lookup = async {
+                    let mut conn = database.connect().await?;
+                    store::stored_offsets(&mut conn, &subscription, &partitions).await
+                };
+                tokio::time::timeout(Duration::from_secs(10), lookup)
+                    .await
+                    .map_err(|_| std::io::Error::other("timed out"))?
+                    .map_err(std::io::Error::other)
+            })
+        });
+        let stored = match lookup.join() {
+            Ok(Ok(stored)) => stored,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "reading stored offsets failed; starting from committed");
+                return;
+            }
+            Err(_) => return,
+        };
+        for (partition, next) in stored {
+            let topic = self.subscription.topic.clone();
+            if let Err(error) =
+                assignment.set_partition_offset(&topic, partition, Offset::Offset(next))
+            {
+                tracing::warn!(%error, partition, "cannot position partition");
+            }
+        }
+    }
+}
+
+fn partitions_of(list: &TopicPartitionList) -> Vec<i32> {
+    list.elements().iter().map(|e| e.partition()).collect()
+}
+
+/// Consumes until `shutdown`. A batch that fails on the database is retried with backoff and
+/// its offsets are not committed; on shutdown, only the read is abandoned, never a write.
+pub async fn run(
+    pool: PgPool,
+    config: ProjectorConfig,
+    progress: Arc<Progress>,
+    shutdown: CancellationToken,
+) -> Result<(), ProjectorError> {
+    let subscription = Subscription {
+        group: config.group.clone(),
+        topic: config.topic.clone(),
+    };
+    let context = StoredOffsets {
+        database: (*pool.connect_options()).clone(),
+        subscription: subscription.clone(),
+    };
+    let consumer: StreamConsumer<StoredOffsets> = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", &config.group)
+        // Offsets are ours to store (in the read database) and commit (after it).
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // A partition with no stored offset is read from its first event.
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .set("fetch.wait.max.ms", "100")
+        .create_with_context(context)?;
+    consumer.subscribe(&[&config.topic])?;
+    tracing::info!(topic = %config.topic, group = %config.group, "projector consuming");
+
+    let mut batches = consumer.stream().ready_chunks(config.batch_size);
+    loop {
+        let chunk = tokio::select! {
+            () = shutdown.cancelled() => break,
+            chunk = batches.next() => chunk,
+        };
+        let Some(chunk) = chunk else { break };
+        let mut messages = Vec::with_capacity(chunk.len());
+        for result in chunk {
+            match result {
+                Ok(message) => messages.push(Incoming {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().map(<[u8]>::to_vec),
+                }),
+                Err(error) => tracing::warn!(%error, "consumer error"),
+            }
+        }
+        if messages.is_empty() {
+            continue;
+        }
+        let Some(applied) = apply_with_retry(&pool, &subscription, &messages, &shutdown).await
+        else {
+            break;
+        };
+        progress.add(&applied);
+        tracing::debug!(?applied, "batch applied");
+        commit_to_broker(&consumer, &config.topic, &messages);
+    }
+    Ok(())
+}
+
+/// Retries a batch until it commits. `None` when shut down first: nothing of it was committed,
+/// so the next run reads it again from the stored offsets.
+async fn apply_with_retry(
+    pool: &PgPool,
+    subscription: &Subscription,
+    messages: &[Incoming],
+    shutdown: &CancellationToken,
+) -> Option<Applied> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match store::apply_batch(pool, subscription, messages).await {
+            Ok(applied) => return Some(applied),
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?backoff, "applying a batch failed; offsets not committed");
+                tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Tells the broker how far the group got, after the read database committed it. Only a
+/// courtesy for lag monitoring and a cheap restart position: the stored offsets decide.
+fn commit_to_broker(consumer: &StreamConsumer<StoredOffsets>, topic: &str, messages: &[Incoming]) {
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    for message in messages {
+        let entry = next.entry(message.partition).or_default();
+        *entry = (*entry).max(message.offset + 1);
+    }
+    let mut list = TopicPartitionList::new();
+    for (partition, offset) in next {
+        if list
+            .add_partition_offset(topic, partition, Offset::Offset(offset))
+            .is_err()
+        {
+            return;
+        }
+    }
+    if let Err(error) = consumer.commit(&list, CommitMode::Async) {
+        tracing::debug!(%error, "broker offset commit failed (the stored offsets still hold)");
+    }
+}

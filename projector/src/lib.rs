@@ -1,0 +1,13 @@
+//! The projector: a Kafka consumer group member that builds the query tables in the read
+//! database from `delivery.events`.
+//!
+//! Layers: `consumer` (Kafka: batches, rebalances, broker commits) -> `store` (one transaction
+//! per batch: partition lock, stored-offset filter, writes, offsets) -> `projection` (pure:
+//! which writes a batch causes, folded with the domain's own `evolve`).
+
+pub mod consumer;
+pub mod projection;
+pub mod store;
+
+pub use consumer::{Progress, ProjectorConfig, ProjectorError, run};
+pub use store::{Subscription, apply_batch};

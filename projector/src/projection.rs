@@ -1,0 +1,399 @@
+//! The pure part of the projector: given the read model's current rows for the deliveries in a
+//! batch and the batch's messages in offset order, work out every write the batch causes.
+//! No IO here, so every rule (duplicates, gaps, counts) is unit-tested without a database.
+
+use chrono::{DateTime, Utc};
+use domain::{Delivery, DeliveryId, DeliveryState, EventEnvelope, RiderId, Status};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use uuid::Uuid;
+
+/// One Kafka message as read, before decoding.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+/// A row of `deliveries`: the domain's state plus the projection's bookkeeping. Field names are
+/// the column names, so rows travel to and from Postgres as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryRow {
+    #[serde(flatten)]
+    pub state: DeliveryState,
+    /// The last applied event version.
+    pub version: i64,
+    /// When the last applied event happened.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A row of `delivery_history`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryRow {
+    pub delivery_id: Uuid,
+    pub version: i64,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub actor_role: String,
+    pub actor_id: String,
+    pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    pub correlation_id: Uuid,
+    pub causation_id: Uuid,
+    pub data: serde_json::Value,
+    pub kafka_partition: i32,
+    pub kafka_offset: i64,
+}
+
+/// An event that arrived ahead of a missing version of its delivery (a row of `parked_events`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParkedEvent {
+    pub delivery_id: Uuid,
+    pub version: i64,
+    /// The version the read model had when this one arrived.
+    pub applied_version: i64,
+    pub envelope: EventEnvelope,
+    pub kafka_partition: i32,
+    pub kafka_offset: i64,
+}
+
+/// A message that can never be applied (a row of `poison_messages`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoisonMessage {
+    pub kafka_partition: i32,
+    pub kafka_offset: i64,
+    pub message_key: Option<String>,
+    pub payload: Option<Vec<u8>>,
+    pub error: String,
+}
+
+/// How one rider's counters change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RiderChange {
+    pub active: i32,
+    pub completed: i32,
+    pub last_event_at: Option<DateTime<Utc>>,
+}
+
+/// Everything a batch writes. Applying a plan twice is harmless only because the store filters
+/// already-applied offsets and guards rows by version; the plan itself is exact.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Final rows of the deliveries that changed.
+    pub deliveries: Vec<DeliveryRow>,
+    pub history: Vec<HistoryRow>,
+    pub parked: Vec<ParkedEvent>,
+    /// Parked events (delivery id, version) that were applied and leave the parking table.
+    pub unparked: Vec<(Uuid, i64)>,
+    pub poison: Vec<PoisonMessage>,
+    pub status_changes: BTreeMap<Status, i64>,
+    pub rider_changes: BTreeMap<RiderId, RiderChange>,
+    /// The next offset to read, per partition.
+    pub next_offsets: BTreeMap<i32, i64>,
+    /// Events already applied before (redeliveries), skipped.
+    pub duplicates: usize,
+}
+
+impl Plan {
+    pub fn applied(&self) -> usize {
+        self.history.len()
+    }
+}
+
+/// What the read model holds for the deliveries of a batch before it is applied.
+#[derive(Debug, Default)]
+pub struct Current {
+    pub rows: HashMap<DeliveryId, DeliveryRow>,
+    pub parked: Vec<ParkedEvent>,
+}
+
+/// A decoded message: the envelope and where it came from.
+struct Located {
+    envelope: EventEnvelope,
+    partition: i32,
+    offset: i64,
+}
+
+/// The running state of one delivery while a batch is planned.
+struct Tracked {
+    delivery: Delivery,
+    updated_at: Option<DateTime<Utc>>,
+    changed: bool,
+}
+
+/// Works out the writes for `messages` (in offset order within each partition).
+pub fn plan(current: Current, messages: Vec<Incoming>) -> Plan {
+    let mut plan = Plan::default();
+    let mut tracked: HashMap<DeliveryId, Tracked> = current
+        .rows
+        .into_iter()
+        .map(|(id, row)| {
+            let tracked = Tracked {
+                delivery: Delivery {
+                    version: row.version,
+                    state: Some(row.state),
+                },
+                updated_at: Some(row.updated_at),
+                changed: false,
+            };
+            (id, tracked)
+        })
+        .collect();
+    // Parked events already stored, and those parked by this batch, by (delivery, version).
+    let mut waiting: HashMap<(DeliveryId, i64), (Located, bool)> = current
+        .parked
+        .into_iter()
+        .map(|parked| {
+            let located = Located {
+                partition: parked.kafka_partition,
+                offset: parked.kafka_offset,
+                envelope: parked.envelope,
+            };
+            (
+                (located.envelope.delivery_id, located.envelope.version),
+                (located, true),
+            )
+        })
+        .collect();
+
+    for message in messages {
+        plan.next_offsets
+            .entry(message.partition)
+            .and_modify(|next| *next = (*next).max(message.offset + 1))
+            .or_insert(message.offset + 1);
+        let envelope = match decode(&message) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                plan.poison.push(poison(&message, error));
+                continue;
+            }
+        };
+        let located = Located {
+            envelope,
+            partition: message.partition,
+            offset: message.offset,
+        };
+        let id = located.envelope.delivery_id;
+        let entry = tracked.entry(id).or_insert_with(|| Tracked {
+            delivery: Delivery::default(),
+            updated_at: None,
+            changed: false,
+        });
+        let version = located.envelope.version;
+        if version <= entry.delivery.version {
+            plan.duplicates += 1;
+            continue;
+        }
+        if version > entry.delivery.version + 1 {
+            tracing::warn!(
+                delivery_id = %id, version, applied_version = entry.delivery.version,
+                "version gap: parking the event until the missing versions arrive"
+            );
+            waiting.entry((id, version)).or_insert((located, false));
+            continue;
+        }
+        apply(&mut plan, entry, located);
+        // The event may close a gap: apply whatever was waiting for it, in version order.
+        while let Some((next, stored)) = waiting.remove(&(id, entry.delivery.version + 1)) {
+            if stored {
+                plan.unparked.push((id.as_uuid(), next.envelope.version));
+            }
+            apply(&mut plan, entry, next);
+        }
+    }
+
+    for ((_, _), (located, stored)) in waiting {
+        if stored {
+            continue;
+        }
+        let applied_version = tracked
+            .get(&located.envelope.delivery_id)
+            .map_or(0, |t| t.delivery.version);
+        plan.parked.push(ParkedEvent {
+            delivery_id: located.envelope.delivery_id.as_uuid(),
+            version: located.envelope.version,
+            applied_version,
+            envelope: located.envelope,
+            kafka_partition: located.partition,
+            kafka_offset: located.offset,
+        });
+    }
+    plan.parked
+        .sort_by_key(|parked| (parked.delivery_id, parked.version));
+
+    let mut rows: Vec<DeliveryRow> = tracked
+        .into_values()
+        .filter(|t| t.changed)
+        .filter_map(|t| {
+            Some(DeliveryRow {
+                state: t.delivery.state?,
+                version: t.delivery.version,
+                updated_at: t.updated_at?,
+            })
+        })
+        .collect();
+    // A stable order keeps row locks in one order across concurrent writers.
+    rows.sort_by_key(|row| row.state.delivery_id);
+    plan.deliveries = rows;
+    plan.status_changes.retain(|_, change| *change != 0);
+    plan
+}
+
+fn decode(message: &Incoming) -> Result<EventEnvelope, String> {
+    let payload = message
+        .payload
+        .as_deref()
+        .ok_or_else(|| "message has no payload".to_owned())?;
+    let envelope = EventEnvelope::from_json(payload).map_err(|e| e.to_string())?;
+    // Checks the type, schema version and data now, so a bad event is parked as poison
+    // instead of failing later.
+    envelope.decode().map_err(|e| e.to_string())?;
+    if envelope.version < 1 {
+        return Err(format!("version {} is not positive", envelope.version));
+    }
+    Ok(envelope)
+}
+
+fn poison(message: &Incoming, error: String) -> PoisonMessage {
+    tracing::warn!(
+        partition = message.partition, offset = message.offset, %error,
+        "poison message: recorded and skipped"
+    );
+    PoisonMessage {
+        kafka_partition: message.partition,
+        kafka_offset: message.offset,
+        message_key: message
+            .key
+            .as_deref()
+            .map(|key| String::from_utf8_lossy(key).into_owned()),
+        payload: message.payload.clone(),
+        error,
+    }
+}
+
+/// Folds the next version into the delivery with the domain's own `evolve`, and records the
+/// history row and the counter changes it causes.
+fn apply(plan: &mut Plan, tracked: &mut Tracked, located: Located) {
+    let Located {
+        envelope,
+        partition,
+        offset,
+    } = located;
+    let _span = tracing::debug_span!(
+        "event", partition, offset, delivery_id = %envelope.delivery_id,
+        event_type = %envelope.event_type, version = envelope.version
+    )
+    .entered();
+    // `decode` already succeeded for this envelope in `plan`.
+    let event = match envelope.decode() {
+        Ok(event) => event,
+        Err(error) => {
+            plan.poison.push(poison_envelope(
+                &envelope,
+                partition,
+                offset,
+                error.to_string(),
+            ));
+            return;
+        }
+    };
+    let before = tracked.delivery.state.clone();
+    let evolved = match tracked.delivery.clone().evolve(&event) {
+        Ok(evolved) => evolved,
+        Err(error) => {
+            // A history the domain says cannot have happened: keep it for a person, and leave
+            // the delivery where it was (its later events will wait as parked).
+            plan.poison.push(poison_envelope(
+                &envelope,
+                partition,
+                offset,
+                error.to_string(),
+            ));
+            return;
+        }
+    };
+    let Some(after) = evolved.state.as_ref() else {
+        return;
+    };
+    count_changes(plan, before.as_ref(), after, envelope.occurred_at);
+    plan.history.push(HistoryRow {
+        delivery_id: envelope.delivery_id.as_uuid(),
+        version: envelope.version,
+        event_id: envelope.event_id,
+        event_type: envelope.event_type.clone(),
+        schema_version: envelope.schema_version,
+        actor_role: envelope.actor.role.as_str().to_owned(),
+        actor_id: envelope.actor.id.clone(),
+        occurred_at: envelope.occurred_at,
+        recorded_at: envelope.recorded_at,
+        correlation_id: envelope.correlation_id,
+        causation_id: envelope.causation_id,
+        data: envelope.data.clone(),
+        kafka_partition: partition,
+        kafka_offset: offset,
+    });
+    tracked.delivery = evolved;
+    tracked.updated_at = Some(envelope.occurred_at);
+    tracked.changed = true;
+}
+
+fn poison_envelope(
+    envelope: &EventEnvelope,
+    partition: i32,
+    offset: i64,
+    error: String,
+) -> PoisonMessage {
+    tracing::warn!(partition, offset, %error, "event cannot be applied: recorded as poison");
+    PoisonMessage {
+        kafka_partition: partition,
+        kafka_offset: offset,
+        message_key: Some(envelope.delivery_id.to_string()),
+        payload: Some(envelope.to_json()),
+        error,
+    }
+}
+
+/// The rider who is working on the delivery, if any.
+fn active_rider(state: &DeliveryState) -> Option<&RiderId> {
+    match state.status {
+        Status::RiderAssigned | Status::PickedUp => state.rider_id.as_ref(),
+        _ => None,
+    }
+}
+
+fn count_changes(
+    plan: &mut Plan,
+    before: Option<&DeliveryState>,
+    after: &DeliveryState,
+    at: DateTime<Utc>,
+) {
+    if let Some(before) = before {
+        *plan.status_changes.entry(before.status).or_default() -= 1;
+    }
+    *plan.status_changes.entry(after.status).or_default() += 1;
+
+    let was = before.and_then(active_rider);
+    let is = active_rider(after);
+    let mut touch = |rider: &RiderId, active: i32, completed: i32| {
+        let change = plan.rider_changes.entry(rider.clone()).or_default();
+        change.active += active;
+        change.completed += completed;
+        change.last_event_at = Some(change.last_event_at.map_or(at, |t| t.max(at)));
+    };
+    if was != is {
+        if let Some(rider) = was {
+            touch(rider, -1, 0);
+        }
+        if let Some(rider) = is {
+            touch(rider, 1, 0);
+        }
+    }
+    let completed_now =
+        after.status == Status::Completed && before.is_none_or(|b| b.status != Status::Completed);
+    if completed_now && let Some(rider) = after.rider_id.as_ref() {
+        touch(rider, 0, 1);
+    }
+}

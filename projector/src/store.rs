@@ -1,0 +1,273 @@
+//! The projector's SQL: one transaction per batch that applies the planned writes and stores
+//! the consumed offsets beside them.
+
+use crate::projection::{self, Current, DeliveryRow, Incoming, ParkedEvent, Plan};
+use domain::DeliveryId;
+use sqlx::types::Json;
+use sqlx::{PgConnection, PgPool};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// Which consumer's offsets, on which topic.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub group: String,
+    pub topic: String,
+}
+
+/// What one applied batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Messages read again below the stored offset (a rebalance or restart overlap), skipped.
+    pub already_consumed: usize,
+    pub applied: usize,
+    pub duplicates: usize,
+    pub parked: usize,
+    pub poison: usize,
+}
+
+/// Applies `messages` in one transaction: the query-table writes, the parked and poison
+/// records, and the next offsets. Either all of it commits or none of it does.
+pub async fn apply_batch(
+    pool: &PgPool,
+    subscription: &Subscription,
+    messages: &[Incoming],
+) -> Result<Applied, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let partitions: Vec<i32> = messages
+        .iter()
+        .map(|m| m.partition)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    // Two projector instances briefly share a partition during a rebalance. The partition
+    // lock makes the second wait for the first, and then read the offsets it stored.
+    sqlx::query(
+        "select pg_advisory_xact_lock(hashtextextended($1 || '/' || $2 || '/' || p::text, 0)) \
+         from unnest($3::int[]) as p order by p",
+    )
+    .bind(&subscription.group)
+    .bind(&subscription.topic)
+    .bind(&partitions)
+    .execute(&mut *tx)
+    .await?;
+    let stored = stored_offsets(&mut tx, subscription, &partitions).await?;
+    let fresh: Vec<Incoming> = messages
+        .iter()
+        .filter(|m| {
+            stored
+                .get(&m.partition)
+                .is_none_or(|next| m.offset >= *next)
+        })
+        .cloned()
+        .collect();
+    let already_consumed = messages.len() - fresh.len();
+    if fresh.is_empty() {
+        tx.rollback().await?;
+        return Ok(Applied {
+            already_consumed,
+            ..Applied::default()
+        });
+    }
+
+    let ids = delivery_ids(&fresh);
+    let current = load_current(&mut tx, &ids).await?;
+    let plan = projection::plan(current, fresh);
+    write(&mut tx, subscription, &plan).await?;
+    // Wakes read-your-writes waiters in the query API once this commits.
+    sqlx::query("select pg_notify('projection', '')")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Applied {
+        already_consumed,
+        applied: plan.applied(),
+        duplicates: plan.duplicates,
+        parked: plan.parked.len(),
+        poison: plan.poison.len(),
+    })
+}
+
+/// The next offset to read per partition, as last committed with the read model.
+pub async fn stored_offsets(
+    conn: &mut PgConnection,
+    subscription: &Subscription,
+    partitions: &[i32],
+) -> Result<BTreeMap<i32, i64>, sqlx::Error> {
+    let rows: Vec<(i32, i64)> = sqlx::query_as(
+        "select kafka_partition, next_offset from consumer_offsets \
+         where consumer_group = $1 and topic = $2 and kafka_partition = any($3)",
+    )
+    .bind(&subscription.group)
+    .bind(&subscription.topic)
+    .bind(partitions)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// The delivery ids the messages name, read leniently: a message that does not decode has no
+/// row to load and becomes poison in the plan.
+fn delivery_ids(messages: &[Incoming]) -> Vec<Uuid> {
+    #[derive(serde::Deserialize)]
+    struct Subject {
+        delivery_id: Uuid,
+    }
+    let mut ids: Vec<Uuid> = messages
+        .iter()
+        .filter_map(|m| serde_json::from_slice::<Subject>(m.payload.as_deref()?).ok())
+        .map(|subject| subject.delivery_id)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+async fn load_current(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Current, sqlx::Error> {
+    let rows: Vec<Json<DeliveryRow>> = sqlx::query_scalar(
+        "select to_jsonb(d) from deliveries d where delivery_id = any($1) \
+         order by delivery_id for update",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let parked: Vec<Json<ParkedEvent>> =
+        sqlx::query_scalar("select to_jsonb(p) from parked_events p where delivery_id = any($1)")
+            .bind(ids)
+            .fetch_all(&mut *conn)
+            .await?;
+    Ok(Current {
+        rows: rows
+            .into_iter()
+            .map(|Json(row)| (DeliveryId::from_uuid(row.state.delivery_id.as_uuid()), row))
+            .collect(),
+        parked: parked.into_iter().map(|Json(p)| p).collect(),
+    })
+}
+
+/// Many rows per statement: each table gets one statement per batch, fed as a JSON array.
+async fn write(
+    conn: &mut PgConnection,
+    subscription: &Subscription,
+    plan: &Plan,
+) -> Result<(), sqlx::Error> {
+    if !plan.deliveries.is_empty() {
+        sqlx::query(
+            "insert into deliveries select * from jsonb_populate_recordset(null::deliveries, $1) \
+             on conflict (delivery_id) do update set
+                 status = excluded.status, order_ref = excluded.order_ref,
+                 customer_id = excluded.customer_id, pickup = excluded.pickup,
+                 dropoff = excluded.dropoff, rider_id = excluded.rider_id,
+                 cancel_reason = excluded.cancel_reason, created_at = excluded.created_at,
+                 assigned_at = excluded.assigned_at, picked_up_at = excluded.picked_up_at,
+                 completed_at = excluded.completed_at, cancelled_at = excluded.cancelled_at,
+                 version = excluded.version, updated_at = excluded.updated_at
+             where deliveries.version < excluded.version",
+        )
+        .bind(Json(&plan.deliveries))
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !plan.history.is_empty() {
+        sqlx::query(
+            "insert into delivery_history \
+             select * from jsonb_populate_recordset(null::delivery_history, $1) \
+             on conflict do nothing",
+        )
+        .bind(Json(&plan.history))
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !plan.rider_changes.is_empty() {
+        let mut riders = Vec::new();
+        let mut active = Vec::new();
+        let mut completed = Vec::new();
+        let mut at = Vec::new();
+        for (rider, change) in &plan.rider_changes {
+            riders.push(rider.as_str().to_owned());
+            active.push(change.active);
+            completed.push(change.completed);
+            at.push(change.last_event_at);
+        }
+        sqlx::query(
+            "insert into riders (rider_id, active_deliveries, completed_deliveries, last_event_at)
+             select * from unnest($1::text[], $2::int[], $3::int[], $4::timestamptz[])
+             on conflict (rider_id) do update set
+                 active_deliveries = riders.active_deliveries + excluded.active_deliveries,
+                 completed_deliveries = riders.completed_deliveries + excluded.completed_deliveries,
+                 last_event_at = greatest(riders.last_event_at, excluded.last_event_at)",
+        )
+        .bind(&riders)
+        .bind(&active)
+        .bind(&completed)
+        .bind(&at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !plan.status_changes.is_empty() {
+        let statuses: Vec<&str> = plan.status_changes.keys().map(|s| s.as_str()).collect();
+        let changes: Vec<i64> = plan.status_changes.values().copied().collect();
+        sqlx::query(
+            "update status_counts s set deliveries = s.deliveries + c.change \
+             from unnest($1::text[], $2::bigint[]) as c(status, change) where s.status = c.status",
+        )
+        .bind(&statuses)
+        .bind(&changes)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !plan.parked.is_empty() {
+        sqlx::query(
+            "insert into parked_events \
+                 (delivery_id, version, applied_version, envelope, kafka_partition, kafka_offset)
+             select delivery_id, version, applied_version, envelope, kafka_partition, kafka_offset
+             from jsonb_to_recordset($1) as p(delivery_id uuid, version bigint,
+                 applied_version bigint, envelope jsonb, kafka_partition int, kafka_offset bigint)
+             on conflict do nothing",
+        )
+        .bind(Json(&plan.parked))
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !plan.unparked.is_empty() {
+        let (ids, versions): (Vec<Uuid>, Vec<i64>) = plan.unparked.iter().copied().unzip();
+        sqlx::query(
+            "delete from parked_events p using unnest($1::uuid[], $2::bigint[]) as u(id, version) \
+             where p.delivery_id = u.id and p.version = u.version",
+        )
+        .bind(&ids)
+        .bind(&versions)
+        .execute(&mut *conn)
+        .await?;
+    }
+    for poison in &plan.poison {
+        sqlx::query(
+            "insert into poison_messages \
+                 (topic, kafka_partition, kafka_offset, message_key, payload, error)
+             values ($1, $2, $3, $4, $5, $6) on conflict do nothing",
+        )
+        .bind(&subscription.topic)
+        .bind(poison.kafka_partition)
+        .bind(poison.kafka_offset)
+        .bind(&poison.message_key)
+        .bind(&poison.payload)
+        .bind(&poison.error)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let (partitions, offsets): (Vec<i32>, Vec<i64>) = plan.next_offsets.iter().unzip();
+    sqlx::query(
+        "insert into consumer_offsets (consumer_group, topic, kafka_partition, next_offset)
+         select $1, $2, p, o from unnest($3::int[], $4::bigint[]) as t(p, o)
+         on conflict (consumer_group, topic, kafka_partition) do update set
+             next_offset = greatest(consumer_offsets.next_offset, excluded.next_offset),
+             updated_at = now()",
+    )
+    .bind(&subscription.group)
+    .bind(&subscription.topic)
+    .bind(&partitions)
+    .bind(&offsets)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

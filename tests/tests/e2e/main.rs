@@ -1,0 +1,7 @@
+//! End-to-end tests against the real stack: local Postgres, a real Kafka-protocol broker
+//! (nisshi, started per test), and the relay, projector and both APIs.
+
+mod isolation;
+mod pipeline;
+mod projector_failures;
+mod relay;
