@@ -189,13 +189,24 @@ async fn write(
             completed.push(change.completed);
             at.push(change.last_event_at);
         }
+        // New riders first, at zero: a CHECK constraint is tested on the proposed row before
+        // ON CONFLICT resolves, so negative changes cannot ride on the insert.
         sqlx::query(
-            "insert into riders (rider_id, active_deliveries, completed_deliveries, last_event_at)
-             select * from unnest($1::text[], $2::int[], $3::int[], $4::timestamptz[])
-             on conflict (rider_id) do update set
-                 active_deliveries = riders.active_deliveries + excluded.active_deliveries,
-                 completed_deliveries = riders.completed_deliveries + excluded.completed_deliveries,
-                 last_event_at = greatest(riders.last_event_at, excluded.last_event_at)",
+            "insert into riders (rider_id, last_event_at)
+             select * from unnest($1::text[], $2::timestamptz[]) on conflict do nothing",
+        )
+        .bind(&riders)
+        .bind(&at)
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query(
+            "update riders r set
+                 active_deliveries = r.active_deliveries + c.active,
+                 completed_deliveries = r.completed_deliveries + c.completed,
+                 last_event_at = greatest(r.last_event_at, c.at)
+             from unnest($1::text[], $2::int[], $3::int[], $4::timestamptz[])
+                 as c(rider_id, active, completed, at)
+             where r.rider_id = c.rider_id",
         )
         .bind(&riders)
         .bind(&active)

@@ -171,6 +171,11 @@ static SETUP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 impl TestStack {
     /// Starts everything: broker, databases, command API, relay, one projector, query API.
     pub async fn start(partitions: u32) -> TestStack {
+        // RUST_LOG=projector=debug,command_api=debug shows what the parts do.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let broker = Broker::start(partitions).await;
         let suffix = Uuid::now_v7().simple().to_string();
         let write_name = format!("e2e_write_{suffix}");

@@ -1,0 +1,233 @@
+//! `GET /deliveries/{id}` (current, read-your-writes, or as of a past time) and
+//! `GET /deliveries` (filtered, keyset-paginated).
+
+use crate::cursor::Cursor;
+use crate::error::ApiError;
+use crate::history::HistoryRow;
+use crate::http::{AppState, DeliveryPath, MinVersion, QueryParams, internal, read_fresh, rfc3339};
+use axum::Json;
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use domain::{Address, Delivery, DeliveryState, RiderId, Status};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+/// A delivery as clients see it: the columns of `deliveries`, in this order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct DeliveryView {
+    pub delivery_id: Uuid,
+    pub status: String,
+    pub order_ref: String,
+    pub customer_id: String,
+    /// `{line, lat, lon}`, as stored.
+    pub pickup: serde_json::Value,
+    pub dropoff: serde_json::Value,
+    pub rider_id: Option<String>,
+    pub cancel_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub assigned_at: Option<DateTime<Utc>>,
+    pub picked_up_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub cancelled_at: Option<DateTime<Utc>>,
+    /// The last applied event version.
+    pub version: i64,
+    /// When the last applied event happened.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The select list matching `DeliveryView`.
+pub(crate) const COLUMNS: &str = "delivery_id, status, order_ref, customer_id, pickup, dropoff, \
+     rider_id, cancel_reason, created_at, assigned_at, picked_up_at, completed_at, \
+     cancelled_at, version, updated_at";
+
+impl DeliveryView {
+    /// The same shape for a state folded from history.
+    fn from_state(state: DeliveryState, version: i64, updated_at: DateTime<Utc>) -> Self {
+        Self {
+            delivery_id: state.delivery_id.as_uuid(),
+            status: state.status.as_str().to_owned(),
+            order_ref: state.order_ref.into(),
+            customer_id: state.customer_id.into(),
+            pickup: address(&state.pickup),
+            dropoff: address(&state.dropoff),
+            rider_id: state.rider_id.map(Into::into),
+            cancel_reason: state.cancel_reason.map(Into::into),
+            created_at: state.created_at,
+            assigned_at: state.assigned_at,
+            picked_up_at: state.picked_up_at,
+            completed_at: state.completed_at,
+            cancelled_at: state.cancelled_at,
+            version,
+            updated_at,
+        }
+    }
+}
+
+fn address(address: &Address) -> serde_json::Value {
+    json!({"line": address.line(), "lat": address.lat(), "lon": address.lon()})
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReadParams {
+    min_version: Option<i64>,
+    wait_ms: Option<u64>,
+    #[serde(default, deserialize_with = "rfc3339")]
+    as_of: Option<DateTime<Utc>>,
+}
+
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    DeliveryPath(id): DeliveryPath,
+    QueryParams(params): QueryParams<ReadParams>,
+) -> Result<Json<DeliveryView>, ApiError> {
+    let wanted = MinVersion::from_query(params.min_version, params.wait_ms, state.max_wait)?;
+    if wanted.is_some() && params.as_of.is_some() {
+        return Err(ApiError::invalid_query(
+            "min_version and as_of cannot be combined: the past does not change",
+        ));
+    }
+    if let Some(at) = params.as_of {
+        return as_of(&state.pool, id, at).await.map(Json);
+    }
+    let row = read_fresh(
+        &state,
+        wanted,
+        || fetch(&state.pool, id),
+        |row| row.as_ref().map_or(0, |row| row.version),
+    )
+    .await?;
+    row.map(Json).ok_or(ApiError::DeliveryNotFound)
+}
+
+async fn fetch(pool: &PgPool, id: Uuid) -> Result<Option<DeliveryView>, ApiError> {
+    let row = sqlx::query_as(&format!(
+        "select {COLUMNS} from deliveries where delivery_id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row)
+}
+
+/// Folds the events that had happened by `at`: the delivery as anyone would have seen it then.
+async fn as_of(pool: &PgPool, id: Uuid, at: DateTime<Utc>) -> Result<DeliveryView, ApiError> {
+    let rows = HistoryRow::up_to(pool, id, at).await?;
+    let mut delivery = Delivery::default();
+    let mut updated_at = None;
+    for row in rows {
+        // Versions are dense, and each was decided after the one before was stored, so the
+        // events up to `at` are a prefix of the history. Should a clock have jumped back, stop
+        // at the gap rather than fold a later event over a missing one.
+        if row.version != delivery.version + 1 {
+            tracing::warn!(
+                delivery_id = %id,
+                version = row.version,
+                "history read as of a time has a gap; folding the prefix before it"
+            );
+            break;
+        }
+        let occurred_at = row.occurred_at;
+        delivery = delivery.evolve(&row.into_event()?).map_err(internal)?;
+        updated_at = Some(occurred_at);
+    }
+    match (delivery.state, updated_at) {
+        (Some(state), Some(updated_at)) => Ok(DeliveryView::from_state(
+            state,
+            delivery.version,
+            updated_at,
+        )),
+        _ => Err(ApiError::DeliveryNotFound),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListParams {
+    status: Option<Status>,
+    rider_id: Option<String>,
+    /// Exclusive.
+    #[serde(default, deserialize_with = "rfc3339")]
+    created_after: Option<DateTime<Utc>>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+const DEFAULT_LIMIT: i64 = 50;
+const MAX_LIMIT: i64 = 500;
+
+/// One page, oldest first; `next_cursor` is `None` on the last page.
+#[derive(Serialize)]
+pub(crate) struct Page {
+    items: Vec<DeliveryView>,
+    next_cursor: Option<String>,
+}
+
+pub(crate) async fn list(
+    State(pool): State<PgPool>,
+    QueryParams(params): QueryParams<ListParams>,
+) -> Result<Json<Page>, ApiError> {
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::invalid_query(format!(
+            "limit must be between 1 and {MAX_LIMIT}"
+        )));
+    }
+    let rider_id = params
+        .rider_id
+        .map(RiderId::parse)
+        .transpose()
+        .map_err(|e| ApiError::invalid_query(e.to_string()))?;
+    let cursor = params
+        .cursor
+        .map(|raw| {
+            Cursor::decode(&raw).ok_or_else(|| {
+                ApiError::invalid_query("cursor is not one this API handed out (next_cursor)")
+            })
+        })
+        .transpose()?;
+
+    // Only the filters asked for go into the statement, so the planner can pick the index
+    // that matches them: by status, by rider, or by creation time alone.
+    let mut query =
+        QueryBuilder::<Postgres>::new(format!("select {COLUMNS} from deliveries where true"));
+    if let Some(status) = params.status {
+        query.push(" and status = ").push_bind(status.as_str());
+    }
+    if let Some(rider_id) = rider_id {
+        query
+            .push(" and rider_id = ")
+            .push_bind(String::from(rider_id));
+    }
+    if let Some(created_after) = params.created_after {
+        query.push(" and created_at > ").push_bind(created_after);
+    }
+    if let Some(cursor) = cursor {
+        query
+            .push(" and (created_at, delivery_id) > (")
+            .push_bind(cursor.created_at)
+            .push(", ")
+            .push_bind(cursor.delivery_id)
+            .push(")");
+    }
+    // One more than asked for tells whether another page follows.
+    query
+        .push(" order by created_at, delivery_id limit ")
+        .push_bind(limit + 1);
+    let mut items: Vec<DeliveryView> = query.build_query_as().fetch_all(&pool).await?;
+
+    let mut next_cursor = None;
+    if items.len() as i64 > limit {
+        items.truncate(limit as usize);
+        next_cursor = items.last().map(|last| {
+            Cursor {
+                created_at: last.created_at,
+                delivery_id: last.delivery_id,
+            }
+            .encode()
+        });
+    }
+    Ok(Json(Page { items, next_cursor }))
+}

@@ -1,0 +1,164 @@
+//! `GET /deliveries/{id}/history`: the audit trail, every event in version order.
+
+use crate::error::ApiError;
+use crate::http::{AppState, DeliveryPath, MinVersion, QueryParams, internal, read_fresh};
+use axum::Json;
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use domain::{Actor, DeliveryEvent, DeliveryId, Event, Role, SCHEMA_VERSION};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// A row of `delivery_history`, without where it was read from in Kafka.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct HistoryRow {
+    pub delivery_id: Uuid,
+    pub version: i64,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub actor_role: String,
+    pub actor_id: String,
+    pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    pub correlation_id: Uuid,
+    pub causation_id: Uuid,
+    pub data: serde_json::Value,
+}
+
+const COLUMNS: &str = "delivery_id, version, event_id, event_type, schema_version, actor_role, \
+     actor_id, occurred_at, recorded_at, correlation_id, causation_id, data";
+
+impl HistoryRow {
+    /// The whole history of one delivery, in version order.
+    async fn all(pool: &PgPool, id: Uuid) -> Result<Vec<Self>, ApiError> {
+        let rows = sqlx::query_as(&format!(
+            "select {COLUMNS} from delivery_history where delivery_id = $1 order by version"
+        ))
+        .bind(id)
+        .fetch_all(pool)
+        .await?;
+        Ok(rows)
+    }
+
+    /// The events of one delivery that had happened by `at`, in version order.
+    pub(crate) async fn up_to(
+        pool: &PgPool,
+        id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<Self>, ApiError> {
+        let rows = sqlx::query_as(&format!(
+            "select {COLUMNS} from delivery_history \
+             where delivery_id = $1 and occurred_at <= $2 order by version"
+        ))
+        .bind(id)
+        .bind(at)
+        .fetch_all(pool)
+        .await?;
+        Ok(rows)
+    }
+
+    /// The domain fact. The projector stores only events it could decode, so a failure here
+    /// is a broken read model (ours), not a bad request.
+    pub(crate) fn into_event(self) -> Result<Event, ApiError> {
+        if self.schema_version != SCHEMA_VERSION {
+            return Err(internal(anyhow::anyhow!(
+                "stored event {} has schema version {}",
+                self.event_id,
+                self.schema_version
+            )));
+        }
+        let role = Role::parse(&self.actor_role).ok_or_else(|| {
+            internal(anyhow::anyhow!(
+                "stored event {} has unknown actor role {:?}",
+                self.event_id,
+                self.actor_role
+            ))
+        })?;
+        let change = DeliveryEvent::from_parts(&self.event_type, self.data).map_err(internal)?;
+        Ok(Event {
+            delivery_id: DeliveryId::from_uuid(self.delivery_id),
+            occurred_at: self.occurred_at,
+            actor: Actor::new(role, self.actor_id),
+            change,
+        })
+    }
+}
+
+#[derive(Serialize)]
+pub(crate) struct HistoryView {
+    delivery_id: Uuid,
+    events: Vec<EventView>,
+}
+
+/// One event as clients see it: the published envelope's fields.
+#[derive(Serialize)]
+struct EventView {
+    version: i64,
+    event_id: Uuid,
+    #[serde(rename = "type")]
+    event_type: String,
+    schema_version: i32,
+    actor: ActorView,
+    occurred_at: DateTime<Utc>,
+    recorded_at: DateTime<Utc>,
+    correlation_id: Uuid,
+    causation_id: Uuid,
+    data: serde_json::Value,
+}
+
+#[derive(Serialize)]
+struct ActorView {
+    role: String,
+    id: String,
+}
+
+impl From<HistoryRow> for EventView {
+    fn from(row: HistoryRow) -> Self {
+        Self {
+            version: row.version,
+            event_id: row.event_id,
+            event_type: row.event_type,
+            schema_version: row.schema_version,
+            actor: ActorView {
+                role: row.actor_role,
+                id: row.actor_id,
+            },
+            occurred_at: row.occurred_at,
+            recorded_at: row.recorded_at,
+            correlation_id: row.correlation_id,
+            causation_id: row.causation_id,
+            data: row.data,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HistoryParams {
+    min_version: Option<i64>,
+    wait_ms: Option<u64>,
+}
+
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    DeliveryPath(id): DeliveryPath,
+    QueryParams(params): QueryParams<HistoryParams>,
+) -> Result<Json<HistoryView>, ApiError> {
+    let wanted = MinVersion::from_query(params.min_version, params.wait_ms, state.max_wait)?;
+    let rows = read_fresh(
+        &state,
+        wanted,
+        || HistoryRow::all(&state.pool, id),
+        |rows| rows.last().map_or(0, |row| row.version),
+    )
+    .await?;
+    if rows.is_empty() {
+        return Err(ApiError::DeliveryNotFound);
+    }
+    Ok(Json(HistoryView {
+        delivery_id: id,
+        events: rows.into_iter().map(EventView::from).collect(),
+    }))
+}

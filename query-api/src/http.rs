@@ -1,0 +1,163 @@
+//! The router, the state every handler shares, and the extractors and helpers they have in common.
+
+use crate::auth::{Tokens, require_token};
+use crate::error::ApiError;
+use crate::projection::{ProjectionWatch, Waited};
+use crate::{deliveries, history, riders, stats};
+use axum::extract::{FromRef, FromRequestParts, Path};
+use axum::http::request::Parts;
+use axum::routing::get;
+use axum::{Router, middleware};
+use chrono::{DateTime, Utc};
+use domain::{DeliveryId, RiderId};
+use serde::Deserialize;
+use sqlx::PgPool;
+use std::future::Future;
+use std::time::Duration;
+use tower_http::trace::TraceLayer;
+use uuid::Uuid;
+
+/// What every handler shares.
+#[derive(Clone, FromRef)]
+pub struct AppState {
+    /// The read database, as a role that can only read.
+    pub pool: PgPool,
+    pub tokens: Tokens,
+    /// The longest a `?min_version=` read waits for the projector before answering 503.
+    pub max_wait: Duration,
+    pub projection: ProjectionWatch,
+}
+
+/// The query API as a router, ready to serve or to drive in tests.
+pub fn app(state: AppState) -> Router {
+    let reads = Router::new()
+        .route("/deliveries", get(deliveries::list))
+        .route("/deliveries/{id}", get(deliveries::get))
+        .route("/deliveries/{id}/history", get(history::get))
+        .route("/riders/{id}/deliveries", get(riders::get))
+        .route("/stats", get(stats::get))
+        // A route layer: unknown paths stay plain 404s instead of asking for a token.
+        .route_layer(middleware::from_fn_with_state(
+            state.tokens.clone(),
+            require_token,
+        ));
+    Router::new()
+        .merge(reads)
+        .route("/health", get(|| async { "ok" }))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Query parameters whose every rejection is an `invalid-query` problem.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub(crate) struct QueryParams<T>(pub T);
+
+/// The `{id}` of a delivery route. A malformed id names no delivery that could exist, so it
+/// is a 404 like an unknown one (and so is a segment that is not even UTF-8).
+pub(crate) struct DeliveryPath(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for DeliveryPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::DeliveryNotFound)?;
+        DeliveryId::parse(&raw)
+            .map(|id| Self(id.as_uuid()))
+            .map_err(|_| ApiError::DeliveryNotFound)
+    }
+}
+
+/// The `{id}` of a rider route; malformed is unknown, as for deliveries.
+pub(crate) struct RiderPath(pub RiderId);
+
+impl<S: Send + Sync> FromRequestParts<S> for RiderPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::RiderNotFound)?;
+        RiderId::parse(raw)
+            .map(Self)
+            .map_err(|_| ApiError::RiderNotFound)
+    }
+}
+
+/// `?min_version=N[&wait_ms=M]`: answer only once the read model holds version N.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MinVersion {
+    version: i64,
+    wait: Duration,
+}
+
+impl MinVersion {
+    /// `wait_ms` only shortens the server's own limit; without `min_version` it means nothing.
+    pub(crate) fn from_query(
+        min_version: Option<i64>,
+        wait_ms: Option<u64>,
+        max_wait: Duration,
+    ) -> Result<Option<Self>, ApiError> {
+        let Some(version) = min_version else {
+            return Ok(None);
+        };
+        if version < 1 {
+            return Err(ApiError::invalid_query(
+                "min_version must be a version number, 1 or more",
+            ));
+        }
+        let wait = wait_ms.map_or(max_wait, |ms| Duration::from_millis(ms).min(max_wait));
+        Ok(Some(Self { version, wait }))
+    }
+}
+
+/// Reads once, or with a `MinVersion`, until the read is at least that version: never answers
+/// with older data than the client asked for.
+pub(crate) async fn read_fresh<T, F, Fut>(
+    state: &AppState,
+    wanted: Option<MinVersion>,
+    mut read: F,
+    version: impl Fn(&T) -> i64,
+) -> Result<T, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ApiError>>,
+{
+    let Some(wanted) = wanted else {
+        return read().await;
+    };
+    let waited = state
+        .projection
+        .read_until(wanted.wait, read, |value| version(value) >= wanted.version)
+        .await?;
+    match waited {
+        Waited::Ready(value) => Ok(value),
+        Waited::TimedOut(value) => Err(ApiError::NotYetProjected {
+            projected: version(&value),
+            requested: wanted.version,
+        }),
+    }
+}
+
+/// Deserializes an optional RFC 3339 time from a query string, with a message that helps.
+pub(crate) fn rfc3339<'de, D>(deserializer: D) -> Result<Option<DateTime<Utc>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let raw = String::deserialize(deserializer)?;
+    DateTime::parse_from_rfc3339(&raw)
+        .map(|time| Some(time.with_timezone(&Utc)))
+        .map_err(|_| {
+            serde::de::Error::custom(
+                "expected an RFC 3339 time such as 2026-03-02T09:00:00Z \
+                 (send a '+' offset as %2B: a bare '+' in a query string is a space)",
+            )
+        })
+}
+
+/// For failures that are ours, not the client's.
+pub(crate) fn internal(error: impl Into<anyhow::Error>) -> ApiError {
+    ApiError::Internal(error.into())
+}

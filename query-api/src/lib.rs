@@ -1,0 +1,26 @@
+//! The query side: HTTP reads served only from the read database's query tables, which the
+//! projector builds from the event topic. It never sees the write database or Kafka, and it
+//! connects as a role that can only read.
+//!
+//! Code tour: `http` (router, shared state and extractors) -> one module per resource
+//! (`deliveries`, `history`, `riders`, `stats`), each with its queries beside its handler;
+//! `projection` waits for the projector for read-your-writes; `cursor` is the keyset
+//! pagination position; `auth` and `error` are the boundary; `config` starts the binary.
+
+pub mod auth;
+pub mod config;
+mod cursor;
+mod deliveries;
+pub mod error;
+mod history;
+mod http;
+pub mod projection;
+mod riders;
+mod stats;
+
+pub use auth::Tokens;
+pub use config::{Config, serve};
+pub use deliveries::DeliveryView;
+pub use error::ApiError;
+pub use http::{AppState, app};
+pub use projection::ProjectionWatch;

@@ -1,0 +1,70 @@
+//! `GET /riders/{id}/deliveries`: a rider's workload and recent work.
+
+use crate::deliveries::{COLUMNS, DeliveryView};
+use crate::error::ApiError;
+use crate::http::RiderPath;
+use axum::Json;
+use axum::extract::State;
+use domain::Status;
+use serde::Serialize;
+use sqlx::PgPool;
+
+/// How many completed deliveries the rider view lists.
+const RECENT_COMPLETED: i64 = 50;
+
+#[derive(Serialize)]
+pub(crate) struct RiderView {
+    rider_id: String,
+    active_deliveries: i32,
+    completed_deliveries: i32,
+    /// Assigned or picked up, oldest first.
+    active: Vec<DeliveryView>,
+    /// Newest completion first.
+    recent_completed: Vec<DeliveryView>,
+}
+
+pub(crate) async fn get(
+    State(pool): State<PgPool>,
+    RiderPath(rider_id): RiderPath,
+) -> Result<Json<RiderView>, ApiError> {
+    let rider_id = String::from(rider_id);
+    // One snapshot: the counters and the lists come from the same projector commit.
+    let mut tx = pool.begin().await?;
+    sqlx::query("set transaction isolation level repeatable read, read only")
+        .execute(&mut *tx)
+        .await?;
+    let counts: Option<(i32, i32)> = sqlx::query_as(
+        "select active_deliveries, completed_deliveries from riders where rider_id = $1",
+    )
+    .bind(&rider_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((active_deliveries, completed_deliveries)) = counts else {
+        return Err(ApiError::RiderNotFound);
+    };
+    let active = sqlx::query_as(&format!(
+        "select {COLUMNS} from deliveries where rider_id = $1 and status = any($2) \
+         order by created_at, delivery_id"
+    ))
+    .bind(&rider_id)
+    .bind([Status::RiderAssigned.as_str(), Status::PickedUp.as_str()].as_slice())
+    .fetch_all(&mut *tx)
+    .await?;
+    let recent_completed = sqlx::query_as(&format!(
+        "select {COLUMNS} from deliveries where rider_id = $1 and status = $2 \
+         order by completed_at desc, delivery_id desc limit $3"
+    ))
+    .bind(&rider_id)
+    .bind(Status::Completed.as_str())
+    .bind(RECENT_COMPLETED)
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Json(RiderView {
+        rider_id,
+        active_deliveries,
+        completed_deliveries,
+        active,
+        recent_completed,
+    }))
+}
