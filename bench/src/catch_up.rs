@@ -141,6 +141,7 @@ fn lifecycle(n: u64) -> Vec<EventEnvelope> {
             correlation_id: Uuid::nil(),
             causation_id: Uuid::nil(),
             data: change.data(),
+            hash: None,
         })
         .collect()
 }

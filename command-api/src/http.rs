@@ -330,8 +330,8 @@ async fn execute(
         });
     }
     let events = delivery.decide(command, &actor, Utc::now())?;
-    let appended = match store::append(&mut tx, delivery.version, &events, request.causation).await
-    {
+    let head = store::Head::of(&history);
+    let appended = match store::append_after(&mut tx, &head, &events, request.causation).await {
         Ok(appended) => appended,
         // Two creates of one id raced: the loser sees the delivery as already there.
         Err(StoreError::VersionConflict { .. }) if is_create => {

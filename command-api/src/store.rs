@@ -1,7 +1,8 @@
 //! The event store: loading a delivery's history and appending new events together with their
-//! outbox records, in the caller's transaction.
+//! outbox records, in the caller's transaction. Each appended event is sealed with its link in
+//! the delivery's hash chain (`EventEnvelope::chain_hash`), stored and published with it.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use domain::{DeliveryId, Event, EventEnvelope, EventMetadata, SCHEMA_VERSION};
 use serde_json::json;
 use sqlx::{PgConnection, Row};
@@ -35,14 +36,34 @@ pub struct Causation {
     pub causation_id: Uuid,
 }
 
-/// Loads a delivery's full history, in version order.
+/// Where a delivery's stored history ends: the next append continues its versions and its
+/// hash chain from here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Head {
+    /// The last stored version (0 = no events).
+    pub version: i64,
+    /// The last stored event's hash (`None` with no events, or before the chain existed).
+    pub hash: Option<String>,
+}
+
+impl Head {
+    /// The end of a history as returned by `load`.
+    pub fn of(history: &[EventEnvelope]) -> Self {
+        history.last().map_or_else(Head::default, |last| Head {
+            version: last.version,
+            hash: last.hash.clone(),
+        })
+    }
+}
+
+/// Loads a delivery's full history, in version order, each event with its stored hash.
 pub async fn load(
     conn: &mut PgConnection,
     delivery_id: DeliveryId,
 ) -> Result<Vec<EventEnvelope>, StoreError> {
     let rows = sqlx::query(
         "select event_id, version, event_type, schema_version, payload, metadata, occurred_at, \
-         recorded_at from events where delivery_id = $1 order by version",
+         recorded_at, hash from events where delivery_id = $1 order by version",
     )
     .bind(delivery_id.as_uuid())
     .fetch_all(conn)
@@ -63,6 +84,7 @@ pub async fn load(
                 correlation_id: metadata.correlation_id,
                 causation_id: metadata.causation_id,
                 data: row.try_get("payload")?,
+                hash: row.try_get("hash")?,
             })
         })
         .collect()
@@ -73,8 +95,9 @@ pub async fn load(
 const APPEND: &str = "
 with stored as (
     insert into events
-        (event_id, delivery_id, version, event_type, schema_version, payload, metadata, occurred_at)
-    values ($1, $2, $3, $4, $5, $6, $7, $8)
+        (event_id, delivery_id, version, event_type, schema_version, payload, metadata, occurred_at,
+         hash)
+    values ($1, $2, $3, $4, $5, $6, $7, $8, $11)
     returning global_position, recorded_at
 ), announced as (
     insert into outbox (id, aggregatetype, aggregateid, type, payload, headers)
@@ -85,32 +108,61 @@ with stored as (
 )
 select global_position from stored";
 
-/// Appends `events` as versions `current_version + 1 ...`. A concurrent writer that took one
-/// of those versions makes this fail with `VersionConflict`; the caller rolls back.
+/// Appends `events` as versions `current_version + 1 ...`, reading the hash of version
+/// `current_version` to continue the chain. For callers that did not load the history; those
+/// that did pass its `Head` to `append_after` and save the lookup.
 pub async fn append(
     conn: &mut PgConnection,
     current_version: i64,
     events: &[Event],
     causation: Causation,
 ) -> Result<Vec<Appended>, StoreError> {
+    let hash: Option<String> =
+        sqlx::query_scalar("select hash from events where delivery_id = $1 and version = $2")
+            .bind(events.first().map(|event| event.delivery_id.as_uuid()))
+            .bind(current_version)
+            .fetch_optional(&mut *conn)
+            .await?
+            .flatten();
+    let head = Head {
+        version: current_version,
+        hash,
+    };
+    append_after(conn, &head, events, causation).await
+}
+
+/// Appends `events` as versions `head.version + 1 ...`, each hashed onto the one before,
+/// starting from `head.hash`. A concurrent writer that took one of those versions makes this
+/// fail with `VersionConflict`; the caller rolls back.
+pub async fn append_after(
+    conn: &mut PgConnection,
+    head: &Head,
+    events: &[Event],
+    causation: Causation,
+) -> Result<Vec<Appended>, StoreError> {
     let mut appended = Vec::with_capacity(events.len());
-    for (version, event) in (current_version + 1..).zip(events) {
+    let mut previous = head.hash.clone();
+    for (version, event) in (head.version + 1..).zip(events) {
         let event_id = Uuid::now_v7();
         let event_type = event.change.event_type();
-        let envelope = EventEnvelope {
+        let mut envelope = EventEnvelope {
             event_id,
             delivery_id: event.delivery_id,
             version,
             event_type: event_type.to_owned(),
             schema_version: SCHEMA_VERSION,
-            occurred_at: event.occurred_at,
+            // Postgres keeps microseconds: the stored, hashed and published times must agree.
+            occurred_at: event.occurred_at.trunc_subsecs(6),
             // Replaced by the store's own time in the statement.
             recorded_at: DateTime::<Utc>::UNIX_EPOCH,
             actor: event.actor.clone(),
             correlation_id: causation.correlation_id,
             causation_id: causation.causation_id,
             data: event.change.data(),
+            hash: None,
         };
+        let hash = envelope.chain_hash(previous.as_deref());
+        envelope.hash = Some(hash.clone());
         let headers = json!({
             "event_id": event_id.to_string(),
             "event_type": event_type,
@@ -128,9 +180,10 @@ pub async fn append(
             .bind(SCHEMA_VERSION)
             .bind(&envelope.data)
             .bind(sqlx::types::Json(envelope.metadata()))
-            .bind(event.occurred_at)
+            .bind(envelope.occurred_at)
             .bind(sqlx::types::Json(&envelope))
             .bind(&headers)
+            .bind(&hash)
             .fetch_one(&mut *conn)
             .await;
         let global_position = match result {
@@ -148,6 +201,7 @@ pub async fn append(
             version,
             global_position,
         });
+        previous = Some(hash);
     }
     Ok(appended)
 }

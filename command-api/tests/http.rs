@@ -186,13 +186,24 @@ async fn a_delivery_walks_its_lifecycle_and_every_step_is_stored_with_its_outbox
         assert_eq!(headers["version"], json!(version.to_string()));
     }
     let same_ids: bool = sqlx::query_scalar(
-        "select bool_and(o.id = e.event_id and (o.payload->>'recorded_at')::timestamptz = e.recorded_at) \
+        "select bool_and(o.id = e.event_id and (o.payload->>'recorded_at')::timestamptz = e.recorded_at \
+                         and (o.payload->>'occurred_at')::timestamptz = e.occurred_at \
+                         and o.payload->>'hash' = e.hash) \
          from outbox o join events e on e.event_id = o.id",
     )
     .fetch_one(&pool)
     .await
     .expect("join");
     assert!(same_ids, "outbox payload must be the stored envelope");
+
+    // Each command continued the delivery's hash chain from the history it decided on.
+    let mut conn = pool.acquire().await.expect("connection");
+    let delivery_id = domain::DeliveryId::parse(DELIVERY).expect("a delivery id");
+    let history = command_api::store::load(&mut conn, delivery_id)
+        .await
+        .expect("load");
+    assert_eq!(history.len(), 4);
+    assert_eq!(domain::verify_chain(&history), Ok(()));
 }
 
 #[sqlx::test(migrator = "migrations::WRITE")]

@@ -1,8 +1,12 @@
-//! The event store on its own, against a real Postgres.
+//! The event store on its own, against a real Postgres: atomic appends, faithful loads, and a
+//! hash chain that shows stored events changed or removed behind the triggers' back.
 
 use chrono::{TimeZone, Utc};
 use command_api::store::{self, Causation, StoreError};
-use domain::{Actor, Address, Command, CustomerId, Delivery, DeliveryId, OrderRef, RiderId, Role};
+use domain::{
+    Actor, Address, ChainError, Command, CustomerId, Delivery, DeliveryId, OrderRef, RiderId, Role,
+    verify_chain,
+};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -94,4 +98,146 @@ async fn appended_events_load_back_as_the_same_facts_in_version_order(pool: PgPo
     assert_eq!(facts, events);
     assert_eq!(loaded[1].correlation_id, Uuid::from_u128(1));
     assert_eq!(loaded[1].causation_id, Uuid::from_u128(2));
+}
+
+/// Three events in two commands: the second append continues the chain the first one left.
+async fn three_events_in_two_appends(pool: &PgPool, delivery_id: DeliveryId) {
+    let first = two_events(delivery_id);
+    let mut tx = pool.begin().await.expect("begin");
+    store::append(&mut tx, 0, &first, causation())
+        .await
+        .expect("append");
+    tx.commit().await.expect("commit");
+
+    let mut tx = pool.begin().await.expect("begin");
+    let history = store::load(&mut tx, delivery_id).await.expect("load");
+    let facts: Vec<_> = history
+        .iter()
+        .map(|envelope| envelope.decode().expect("decodes"))
+        .collect();
+    let delivery = Delivery::replay(&facts).expect("valid history");
+    let rider = Actor::new(Role::Rider, "rider-1");
+    let picked_up = delivery
+        .decide(Command::PickUp, &rider, Utc::now())
+        .expect("pick up is allowed");
+    store::append_after(&mut tx, &store::Head::of(&history), &picked_up, causation())
+        .await
+        .expect("append");
+    tx.commit().await.expect("commit");
+}
+
+async fn load(pool: &PgPool, delivery_id: DeliveryId) -> Vec<domain::EventEnvelope> {
+    let mut conn = pool.acquire().await.expect("connection");
+    store::load(&mut conn, delivery_id).await.expect("load")
+}
+
+/// Changes the event store as someone with the owner's privileges could: the immutability
+/// trigger is switched off for the statement and back on.
+async fn tamper(pool: &PgPool, statement: &str) {
+    let mut tx = pool.begin().await.expect("begin");
+    for sql in [
+        "alter table events disable trigger events_are_immutable",
+        statement,
+        "alter table events enable trigger events_are_immutable",
+    ] {
+        sqlx::query(sql).execute(&mut *tx).await.expect(sql);
+    }
+    tx.commit().await.expect("commit");
+}
+
+#[sqlx::test(migrator = "migrations::WRITE")]
+async fn appended_events_carry_an_intact_hash_chain_published_with_them(pool: PgPool) {
+    let delivery_id = DeliveryId::from_uuid(Uuid::from_u128(44));
+    three_events_in_two_appends(&pool, delivery_id).await;
+
+    let loaded = load(&pool, delivery_id).await;
+    assert_eq!(loaded.len(), 3);
+    assert!(loaded.iter().all(|envelope| envelope.hash.is_some()));
+    assert_eq!(verify_chain(&loaded), Ok(()));
+
+    // The outbox publishes each event with the hash the store holds.
+    let published: Vec<sqlx::types::Json<domain::EventEnvelope>> =
+        sqlx::query_scalar("select payload from outbox order by position")
+            .fetch_all(&pool)
+            .await
+            .expect("outbox");
+    let published: Vec<_> = published.into_iter().map(|json| json.0).collect();
+    assert_eq!(
+        published, loaded,
+        "the published envelopes are the stored ones"
+    );
+}
+
+#[sqlx::test(migrator = "migrations::WRITE")]
+async fn a_changed_stored_event_breaks_the_chain_at_its_version(pool: PgPool) {
+    let delivery_id = DeliveryId::from_uuid(Uuid::from_u128(45));
+    three_events_in_two_appends(&pool, delivery_id).await;
+
+    // The database refuses the change as long as the trigger is on.
+    let refused = sqlx::query("update events set payload = '{}' where version = 2")
+        .execute(&pool)
+        .await;
+    assert!(refused.is_err());
+
+    tamper(
+        &pool,
+        "update events set payload = jsonb_set(payload, '{rider_id}', '\"rider-9\"') \
+         where version = 2",
+    )
+    .await;
+    assert_eq!(
+        verify_chain(&load(&pool, delivery_id).await),
+        Err(ChainError::Changed { version: 2 })
+    );
+}
+
+#[sqlx::test(migrator = "migrations::WRITE")]
+async fn a_changed_actor_or_time_breaks_the_chain(pool: PgPool) {
+    let delivery_id = DeliveryId::from_uuid(Uuid::from_u128(46));
+    three_events_in_two_appends(&pool, delivery_id).await;
+    tamper(
+        &pool,
+        "update events set metadata = jsonb_set(metadata, '{actor,id}', '\"desk-2\"') \
+         where version = 1",
+    )
+    .await;
+    assert_eq!(
+        verify_chain(&load(&pool, delivery_id).await),
+        Err(ChainError::Changed { version: 1 })
+    );
+
+    let delivery_id = DeliveryId::from_uuid(Uuid::from_u128(47));
+    three_events_in_two_appends(&pool, delivery_id).await;
+    tamper(
+        &pool,
+        "update events set occurred_at = occurred_at - interval '1 minute' \
+         where delivery_id = '00000000-0000-0000-0000-00000000002f' and version = 3",
+    )
+    .await;
+    assert_eq!(
+        verify_chain(&load(&pool, delivery_id).await),
+        Err(ChainError::Changed { version: 3 })
+    );
+}
+
+#[sqlx::test(migrator = "migrations::WRITE")]
+async fn a_removed_stored_event_is_a_missing_version(pool: PgPool) {
+    let delivery_id = DeliveryId::from_uuid(Uuid::from_u128(48));
+    three_events_in_two_appends(&pool, delivery_id).await;
+    tamper(&pool, "delete from events where version = 2").await;
+    assert_eq!(
+        verify_chain(&load(&pool, delivery_id).await),
+        Err(ChainError::Missing { version: 2 })
+    );
+}
+
+#[sqlx::test(migrator = "migrations::WRITE")]
+async fn a_removed_hash_is_reported(pool: PgPool) {
+    let delivery_id = DeliveryId::from_uuid(Uuid::from_u128(49));
+    three_events_in_two_appends(&pool, delivery_id).await;
+    tamper(&pool, "update events set hash = null where version = 3").await;
+    assert_eq!(
+        verify_chain(&load(&pool, delivery_id).await),
+        Err(ChainError::Unhashed { version: 3 })
+    );
 }

@@ -26,6 +26,10 @@ pub struct EventEnvelope {
     pub causation_id: Uuid,
     /// The information part; its shape is fixed by `event_type` and `schema_version`.
     pub data: serde_json::Value,
+    /// This event's link in its delivery's hash chain (`EventEnvelope::chain_hash`). Absent
+    /// from events appended before the chain existed, and from messages published then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash: Option<String>,
 }
 
 /// The parts of an envelope kept beside the payload in the event store's `metadata` column.

@@ -5,6 +5,7 @@
 //! (given these events, when this command, then these events or this error).
 
 mod actor;
+mod chain;
 mod delivery;
 mod envelope;
 mod error;
@@ -12,6 +13,7 @@ mod event;
 mod ids;
 
 pub use actor::{Actor, Role};
+pub use chain::{ChainError, verify_chain};
 pub use delivery::{Command, Delivery, DeliveryState, Status};
 pub use envelope::{DecodeError, EventEnvelope, EventMetadata, SCHEMA_VERSION};
 pub use error::{DeliveryError, HistoryError};

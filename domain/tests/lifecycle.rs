@@ -1048,6 +1048,7 @@ fn envelope_of(event: &Event, version: i64) -> EventEnvelope {
         correlation_id: Uuid::from_u128(0xc0),
         causation_id: Uuid::from_u128(0xca),
         data: event.change.data(),
+        hash: None,
     }
 }
 

@@ -4,7 +4,10 @@
 //! Layers: `consumer` (Kafka: batches, rebalances, broker commits) -> `store` (one transaction
 //! per batch: partition lock, stored-offset filter, writes, offsets) -> `projection` (pure:
 //! which writes a batch causes, folded with the domain's own `evolve`).
+//!
+//! `audit` checks the event store, the topic and the read model against each other.
 
+pub mod audit;
 pub mod consumer;
 pub mod projection;
 pub mod store;

@@ -1,10 +1,15 @@
 //! `projector run`: builds the query tables from the event topic until stopped.
+//! `projector audit verify`: checks the event store, the topic and the read model agree.
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use domain::DeliveryId;
+use projector::audit::AuditConfig;
 use projector::{Progress, ProjectorConfig};
 use sqlx::postgres::PgPoolOptions;
+use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// The read side's projector: Kafka `delivery.events` -> query tables in the read database.
@@ -22,16 +27,24 @@ struct Cli {
 enum Cmd {
     /// Consume the topic as a member of the consumer group and keep the query tables current.
     Run(RunArgs),
+    /// Check the event store, the topic and the read model against each other.
+    Audit(AuditArgs),
 }
 
 #[derive(Args)]
-struct RunArgs {
+struct TopicArgs {
     /// Kafka bootstrap servers.
     #[arg(long, env = "KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     brokers: String,
     /// The event topic.
     #[arg(long, env = "KAFKA_TOPIC", default_value = "delivery.events")]
     topic: String,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    kafka: TopicArgs,
     /// The consumer group; instances of one group share the partitions.
     #[arg(long, env = "PROJECTOR_GROUP_ID", default_value = "delivery-projector")]
     group: String,
@@ -40,12 +53,44 @@ struct RunArgs {
     batch_size: usize,
 }
 
+#[derive(Args)]
+struct AuditArgs {
+    #[command(subcommand)]
+    command: AuditCmd,
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Compare every delivery (or one) event by event across the event store, the topic and
+    /// `delivery_history`, verify the stored hash chains, and check each `deliveries` row against
+    /// the state folded from the stored events. Prints one line per problem and a summary;
+    /// exits with 1 when anything disagrees.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// The write database holding the event store (read only).
+    #[arg(long, env = "WRITE_DATABASE_URL")]
+    write_database_url: String,
+    #[command(flatten)]
+    kafka: TopicArgs,
+    /// Audit only this delivery (a UUID).
+    #[arg(long, value_parser = DeliveryId::parse)]
+    delivery: Option<DeliveryId>,
+    /// Give up when the topic yields nothing for this many seconds before its end.
+    #[arg(long, default_value_t = 30)]
+    stall_timeout_secs: u64,
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
+    // Logs go to stderr: stdout is the audit's report.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
+        .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let pool = PgPoolOptions::new()
@@ -62,14 +107,39 @@ async fn main() -> anyhow::Result<()> {
                 cancel.cancel();
             });
             let config = ProjectorConfig {
-                brokers: args.brokers,
-                topic: args.topic,
+                brokers: args.kafka.brokers,
+                topic: args.kafka.topic,
                 group: args.group,
                 batch_size: args.batch_size.max(1),
             };
             projector::run(pool, config, Arc::new(Progress::default()), shutdown)
                 .await
-                .context("projecting the event topic")
+                .context("projecting the event topic")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Audit(AuditArgs {
+            command: AuditCmd::Verify(args),
+        }) => {
+            let write = PgPoolOptions::new()
+                .max_connections(2)
+                .connect(&args.write_database_url)
+                .await
+                .context("connecting to the write database (WRITE_DATABASE_URL)")?;
+            let config = AuditConfig {
+                brokers: args.kafka.brokers,
+                topic: args.kafka.topic,
+                delivery: args.delivery,
+                stall_timeout: Duration::from_secs(args.stall_timeout_secs),
+            };
+            let report = projector::audit::verify(&write, &pool, &config)
+                .await
+                .context("auditing")?;
+            print!("{report}");
+            Ok(if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

@@ -30,7 +30,7 @@ pub struct DeliveryRow {
 }
 
 /// A row of `delivery_history`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryRow {
     pub delivery_id: Uuid,
     pub version: i64,
@@ -46,6 +46,31 @@ pub struct HistoryRow {
     pub data: serde_json::Value,
     pub kafka_partition: i32,
     pub kafka_offset: i64,
+    /// The event's hash chain link as published (none for events from before the chain).
+    pub hash: Option<String>,
+}
+
+impl HistoryRow {
+    /// The history row of an event read from `partition` at `offset`.
+    pub fn from_envelope(envelope: &EventEnvelope, partition: i32, offset: i64) -> Self {
+        HistoryRow {
+            delivery_id: envelope.delivery_id.as_uuid(),
+            version: envelope.version,
+            event_id: envelope.event_id,
+            event_type: envelope.event_type.clone(),
+            schema_version: envelope.schema_version,
+            actor_role: envelope.actor.role.as_str().to_owned(),
+            actor_id: envelope.actor.id.clone(),
+            occurred_at: envelope.occurred_at,
+            recorded_at: envelope.recorded_at,
+            correlation_id: envelope.correlation_id,
+            causation_id: envelope.causation_id,
+            data: envelope.data.clone(),
+            kafka_partition: partition,
+            kafka_offset: offset,
+            hash: envelope.hash.clone(),
+        }
+    }
 }
 
 /// An event that arrived ahead of a missing version of its delivery (a row of `parked_events`).
@@ -319,22 +344,8 @@ fn apply(plan: &mut Plan, tracked: &mut Tracked, located: Located) {
         return;
     };
     count_changes(plan, before.as_ref(), after, envelope.occurred_at);
-    plan.history.push(HistoryRow {
-        delivery_id: envelope.delivery_id.as_uuid(),
-        version: envelope.version,
-        event_id: envelope.event_id,
-        event_type: envelope.event_type.clone(),
-        schema_version: envelope.schema_version,
-        actor_role: envelope.actor.role.as_str().to_owned(),
-        actor_id: envelope.actor.id.clone(),
-        occurred_at: envelope.occurred_at,
-        recorded_at: envelope.recorded_at,
-        correlation_id: envelope.correlation_id,
-        causation_id: envelope.causation_id,
-        data: envelope.data.clone(),
-        kafka_partition: partition,
-        kafka_offset: offset,
-    });
+    plan.history
+        .push(HistoryRow::from_envelope(&envelope, partition, offset));
     tracked.delivery = evolved;
     tracked.updated_at = Some(envelope.occurred_at);
     tracked.changed = true;

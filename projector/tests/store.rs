@@ -182,3 +182,51 @@ async fn poison_is_recorded_and_the_offset_moves_past_it(pool: PgPool) {
         serde_json::json!({"2": 6})
     );
 }
+
+#[sqlx::test(migrator = "migrations::READ")]
+async fn each_history_row_keeps_the_hash_its_event_was_published_with(pool: PgPool) {
+    let events = chained(id(1), vec![created(), assigned("rider-1")]);
+    let mut messages: Vec<Incoming> = (0..).zip(&events).map(|(o, e)| message(o, e)).collect();
+    // A message from before the event store had hashes.
+    messages.extend(stream(id(2), vec![created()]).into_iter().map(|mut m| {
+        m.offset = 2;
+        m
+    }));
+    apply_batch(&pool, &subscription(), &messages)
+        .await
+        .expect("applied");
+    let stored: Vec<Option<String>> =
+        sqlx::query_scalar("select hash from delivery_history order by delivery_id, version")
+            .fetch_all(&pool)
+            .await
+            .expect("history");
+    assert_eq!(
+        stored,
+        [events[0].hash.clone(), events[1].hash.clone(), None]
+    );
+}
+
+#[sqlx::test(migrator = "migrations::READ")]
+async fn a_rider_freed_in_a_later_batch_counts_down(pool: PgPool) {
+    let messages = stream(
+        id(1),
+        vec![
+            created(),
+            assigned("rider-1"),
+            picked_up("rider-1"),
+            completed("rider-1"),
+        ],
+    );
+    let (first, second) = messages.split_at(2);
+    apply_batch(&pool, &subscription(), first)
+        .await
+        .expect("assigned");
+    let riders = read_model(&pool).await["riders"].clone();
+    assert_eq!(riders[0]["active_deliveries"], 1);
+    apply_batch(&pool, &subscription(), second)
+        .await
+        .expect("completed");
+    let riders = read_model(&pool).await["riders"].clone();
+    assert_eq!(riders[0]["active_deliveries"], 0);
+    assert_eq!(riders[0]["completed_deliveries"], 1);
+}

@@ -73,7 +73,25 @@ pub fn envelope(delivery: DeliveryId, version: i64, change: DeliveryEvent) -> Ev
         correlation_id: Uuid::from_u128(1),
         causation_id: Uuid::from_u128(2),
         data: change.data(),
+        hash: None,
     }
+}
+
+/// The events of one delivery, versions from 1, each sealed with its hash chain link as the
+/// event store does when appending.
+pub fn chained(delivery: DeliveryId, changes: Vec<DeliveryEvent>) -> Vec<EventEnvelope> {
+    let mut previous: Option<String> = None;
+    changes
+        .into_iter()
+        .zip(1..)
+        .map(|(change, version)| {
+            let mut sealed = envelope(delivery, version, change);
+            let hash = sealed.chain_hash(previous.as_deref());
+            sealed.hash = Some(hash.clone());
+            previous = Some(hash);
+            sealed
+        })
+        .collect()
 }
 
 pub fn message(offset: i64, envelope: &EventEnvelope) -> Incoming {
