@@ -3,7 +3,9 @@
 //! - `pipeline`: a steady command rate, timing each command from accepted to visible in the
 //!   query API.
 //! - `catch-up`: the projector's apply rate over a backlog already in Kafka.
+//! - `broker`: the broker's own latency, for comparison.
 
+mod broker;
 mod catch_up;
 mod commands;
 mod pipeline;
@@ -23,6 +25,8 @@ enum Bench {
     Commands(commands::Config),
     /// Time commands from accepted to visible in the query API at a steady rate (open loop).
     Pipeline(pipeline::Config),
+    /// The broker's own produce and consume latency, nothing of ours in the path.
+    Broker(broker::Config),
     /// Put a backlog of events in Kafka and time the projector catching up on it.
     CatchUp(catch_up::Config),
 }
@@ -38,5 +42,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Commands(config) => commands::run(config).await,
         Bench::Pipeline(config) => pipeline::run(config).await,
         Bench::CatchUp(config) => catch_up::run(config).await,
+        Bench::Broker(config) => broker::run(config).await,
     }
 }

@@ -61,6 +61,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         visible: Some(Histogram::new(3)?),
         ..Figures::default()
     }));
+    warm_up(&client, &config).await?;
     let (ready, mut next_steps) = mpsc::unbounded_channel::<Next>();
     let mut schedule = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(config.rate)));
     let mut in_flight = JoinSet::new();
@@ -117,6 +118,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         visible.len()
     );
     Ok(())
+}
+
+/// Waits until one command is visible end to end: the relay is publishing and the projector
+/// has joined its group, so start-up is not measured as latency.
+async fn warm_up(client: &reqwest::Client, config: &Config) -> anyhow::Result<()> {
+    let (ready, _) = mpsc::unbounded_channel();
+    let figures = Mutex::new(Figures {
+        accepted: Some(Histogram::new(3)?),
+        visible: Some(Histogram::new(3)?),
+        ..Figures::default()
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let next = Next {
+            id: Uuid::now_v7(),
+            step: 0,
+        };
+        one_command(client, config, next, &ready, &figures).await?;
+        if lock(&figures).not_visible == 0 {
+            return Ok(());
+        }
+        lock(&figures).not_visible = 0;
+    }
+    anyhow::bail!("nothing became visible in the query API within a minute")
 }
 
 fn lock(figures: &Mutex<Figures>) -> std::sync::MutexGuard<'_, Figures> {

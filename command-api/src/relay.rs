@@ -153,10 +153,17 @@ pub async fn publish_batch(
         }
     }
     if !acknowledged.is_empty() {
+        // A mark lost in a database crash only means the row is published again (a duplicate,
+        // which consumers skip by version): the next round need not wait for the WAL flush.
+        let mut tx = pool.begin().await?;
+        sqlx::query("set local synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("update outbox set published_at = now() where position = any($1)")
             .bind(&acknowledged)
-            .execute(pool)
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
     }
     match failure {
         Some(error) => Err(error),

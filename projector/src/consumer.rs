@@ -96,11 +96,13 @@ impl ConsumerContext for StoredOffsets {
 }
 
 impl StoredOffsets {
-    /// Sets each assigned partition's start to its stored offset. librdkafka calls this from
-    /// its poll, which cannot await: the lookup runs on a thread of its own with its own
-    /// connection. If it fails, the partitions start from the broker's committed offsets,
-    /// which are never ahead of the stored ones (they are committed after them); the batch
-    /// transaction skips whatever was already applied.
+    /// Sets each assigned partition's start to its stored offset, or to the beginning for a
+    /// partition never read. The broker's group offsets are never trusted: they are committed
+    /// after the database, which may lose its last commits in a crash (the projector commits
+    /// asynchronously), so they can be ahead of what the read model holds. librdkafka calls
+    /// this from its poll, which cannot await: the lookup runs on a thread of its own with its
+    /// own connection. If it fails, the partitions start from the beginning: slow, never wrong,
+    /// since the batch transaction skips whatever was already applied.
     fn position(&self, assignment: &mut TopicPartitionList) {
         let partitions: Vec<i32> = partitions_of(assignment);
         let database = self.database.clone();
@@ -123,16 +125,17 @@ impl StoredOffsets {
         let stored = match lookup.join() {
             Ok(Ok(stored)) => stored,
             Ok(Err(error)) => {
-                tracing::warn!(%error, "reading stored offsets failed; starting from committed");
-                return;
+                tracing::warn!(%error, "reading stored offsets failed; starting from the beginning");
+                BTreeMap::new()
             }
-            Err(_) => return,
+            Err(_) => BTreeMap::new(),
         };
-        for (partition, next) in stored {
-            let topic = self.subscription.topic.clone();
-            if let Err(error) =
-                assignment.set_partition_offset(&topic, partition, Offset::Offset(next))
-            {
+        let topic = self.subscription.topic.clone();
+        for partition in partitions_of(assignment) {
+            let start = stored
+                .get(&partition)
+                .map_or(Offset::Beginning, |next| Offset::Offset(*next));
+            if let Err(error) = assignment.set_partition_offset(&topic, partition, start) {
                 tracing::warn!(%error, partition, "cannot position partition");
             }
         }
@@ -168,7 +171,9 @@ pub async fn run(
         // A partition with no stored offset is read from its first event.
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
-        .set("fetch.wait.max.ms", "100")
+        // Fetches return as soon as data arrives on most brokers; a short cap bounds the
+        // latency on those that hold a fetch for its whole wait.
+        .set("fetch.wait.max.ms", "10")
         .create_with_context(context)?;
     consumer.subscribe(&[&config.topic])?;
     tracing::info!(topic = %config.topic, group = %config.group, "projector consuming");
@@ -231,7 +236,7 @@ async fn apply_with_retry(
 }
 
 /// Tells the broker how far the group got, after the read database committed it. Only a
-/// courtesy for lag monitoring and a cheap restart position: the stored offsets decide.
+/// courtesy for lag monitoring: the stored offsets decide where a partition starts.
 fn commit_to_broker(consumer: &StreamConsumer<StoredOffsets>, topic: &str, messages: &[Incoming]) {
     let mut next: BTreeMap<i32, i64> = BTreeMap::new();
     for message in messages {

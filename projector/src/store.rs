@@ -34,6 +34,11 @@ pub async fn apply_batch(
     messages: &[Incoming],
 ) -> Result<Applied, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    // The offsets commit with the rows they caused: a commit lost in a database crash loses
+    // both, and the batch is read again. So the commit need not wait for the WAL flush.
+    sqlx::query("set local synchronous_commit = off")
+        .execute(&mut *tx)
+        .await?;
     let partitions: Vec<i32> = messages
         .iter()
         .map(|m| m.partition)
@@ -74,8 +79,10 @@ pub async fn apply_batch(
     let current = load_current(&mut tx, &ids).await?;
     let plan = projection::plan(current, fresh);
     write(&mut tx, subscription, &plan).await?;
-    // Wakes read-your-writes waiters in the query API once this commits.
-    sqlx::query("select pg_notify('projection', '')")
+    // Wakes read-your-writes waiters in the query API once this commits, telling them which
+    // deliveries reached which version.
+    sqlx::query("select pg_notify('projection', payload) from unnest($1::text[]) as payload")
+        .bind(notifications(&plan))
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -86,6 +93,29 @@ pub async fn apply_batch(
         parked: plan.parked.len(),
         poison: plan.poison.len(),
     })
+}
+
+/// NOTIFY payloads naming each changed delivery and its version (`id:version,id:version`),
+/// split to stay under Postgres's 8000-byte payload limit. A batch that changed no delivery
+/// (only duplicates, parked or poison) sends one empty payload: "something moved".
+pub fn notifications(plan: &Plan) -> Vec<String> {
+    const LIMIT: usize = 7800;
+    let mut payloads = vec![String::new()];
+    for row in &plan.deliveries {
+        let entry = format!("{}:{}", row.state.delivery_id, row.version);
+        let current = payloads
+            .last_mut()
+            .filter(|p| p.len() + entry.len() < LIMIT);
+        match current {
+            Some(payload) if payload.is_empty() => payload.push_str(&entry),
+            Some(payload) => {
+                payload.push(',');
+                payload.push_str(&entry);
+            }
+            None => payloads.push(entry),
+        }
+    }
+    payloads
 }
 
 /// The next offset to read per partition, as last committed with the read model.

@@ -222,3 +222,35 @@ fn deliveries_on_several_partitions_keep_their_own_offsets() {
         BTreeMap::from([(Status::Created, 1), (Status::RiderAssigned, 1)])
     );
 }
+
+#[test]
+fn notifications_name_every_changed_delivery_within_the_payload_limit() {
+    let messages: Vec<Incoming> = (1..=400)
+        .map(|n| message(n as i64, &envelope(id(n), 1, created())))
+        .collect();
+    let plan = plan(Current::default(), messages);
+    let payloads = projector::store::notifications(&plan);
+    assert!(
+        payloads.len() > 1,
+        "400 deliveries need more than one payload"
+    );
+    assert!(payloads.iter().all(|p| p.len() < 8000));
+    let named: Vec<String> = payloads
+        .iter()
+        .flat_map(|p| p.split(','))
+        .map(str::to_owned)
+        .collect();
+    let expected: Vec<String> = (1..=400u128).map(|n| format!("{}:1", id(n))).collect();
+    let mut sorted = named.clone();
+    sorted.sort();
+    let mut expected_sorted = expected;
+    expected_sorted.sort();
+    assert_eq!(sorted, expected_sorted, "each delivery named once");
+}
+
+#[test]
+fn a_batch_that_moved_no_delivery_still_says_something_moved() {
+    let events = stream(id(1), vec![created()]);
+    let plan = plan(projected(events.clone()), events);
+    assert_eq!(projector::store::notifications(&plan), [String::new()]);
+}

@@ -94,6 +94,7 @@ pub(crate) async fn get(
     }
     let row = read_fresh(
         &state,
+        id,
         wanted,
         || fetch(&state.pool, id),
         |row| row.as_ref().map_or(0, |row| row.version),

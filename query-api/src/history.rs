@@ -149,6 +149,7 @@ pub(crate) async fn get(
     let wanted = MinVersion::from_query(params.min_version, params.wait_ms, state.max_wait)?;
     let rows = read_fresh(
         &state,
+        id,
         wanted,
         || HistoryRow::all(&state.pool, id),
         |rows| rows.last().map_or(0, |row| row.version),

@@ -117,6 +117,7 @@ impl MinVersion {
 /// with older data than the client asked for.
 pub(crate) async fn read_fresh<T, F, Fut>(
     state: &AppState,
+    delivery_id: Uuid,
     wanted: Option<MinVersion>,
     mut read: F,
     version: impl Fn(&T) -> i64,
@@ -130,7 +131,12 @@ where
     };
     let waited = state
         .projection
-        .read_until(wanted.wait, read, |value| version(value) >= wanted.version)
+        .read_until(
+            wanted.wait,
+            Some((delivery_id, wanted.version)),
+            read,
+            |value| version(value) >= wanted.version,
+        )
         .await?;
     match waited {
         Waited::Ready(value) => Ok(value),

@@ -6,14 +6,16 @@ use query_api::ProjectionWatch;
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
 
-/// What the projector does: apply a batch and notify in the same transaction.
-async fn project(pool: &PgPool, statement: &str) {
+/// What the projector does: apply a batch and notify in the same transaction, naming the
+/// deliveries it moved (`id:version,...`) or nothing ("something moved").
+async fn project(pool: &PgPool, statement: &str, payload: &str) {
     let mut tx = pool.begin().await.expect("begin");
     sqlx::query(statement)
         .execute(&mut *tx)
         .await
         .expect("projection write");
-    sqlx::query("select pg_notify('projection', '')")
+    sqlx::query("select pg_notify('projection', $1)")
+        .bind(payload)
         .execute(&mut *tx)
         .await
         .expect("notify");
@@ -96,8 +98,13 @@ async fn a_waiting_read_answers_as_soon_as_the_projector_commits(pool: PgPool) {
     // Let both requests see version 2 and start waiting.
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(!waiting.is_finished() && !waiting_history.is_finished());
-    project(&pool, PICK_UP_D2).await;
-    project(&pool, PICK_UP_D2_HISTORY).await;
+    // A commit that names another delivery does not answer these reads.
+    project(&pool, "select 1", &format!("{UNKNOWN}:7")).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished() && !waiting_history.is_finished());
+    // The projector's own payload names the delivery and its new version.
+    project(&pool, PICK_UP_D2, &format!("{D2}:3")).await;
+    project(&pool, PICK_UP_D2_HISTORY, &format!("{D2}:3")).await;
 
     let deadline = Duration::from_secs(3);
     let reply = tokio::time::timeout(deadline, waiting)
@@ -121,7 +128,7 @@ async fn the_watch_hears_every_projector_commit(pool: PgPool) {
     let watch = ProjectionWatch::listen(&pool).await.expect("LISTEN");
     let mut commits = watch.subscribe();
     commits.borrow_and_update();
-    project(&pool, "select 1").await;
+    project(&pool, "select 1", "").await;
     tokio::time::timeout(Duration::from_secs(3), commits.changed())
         .await
         .expect("notified within 3 s")
