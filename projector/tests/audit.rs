@@ -465,67 +465,17 @@ async fn one_delivery_can_be_audited_alone(write: PgPool) {
 // The real broker
 // ---------------------------------------------------------------------------------------------
 
-/// A nisshi broker on a free port with in-memory storage and the event topic (2 partitions),
-/// killed when dropped.
-struct Broker {
-    address: String,
-    _process: tokio::process::Child,
+#[path = "../../tests/src/broker.rs"]
+mod broker;
+use broker::Broker;
+
+/// The broker with the event topic (2 partitions), as the audit reads it.
+trait AuditBroker {
+    fn producer(&self) -> FutureProducer;
+    fn audit_config(&self) -> AuditConfig;
 }
 
-impl Broker {
-    async fn start() -> Broker {
-        let binary = std::env::var("NISSHI_BIN").unwrap_or_else(|_| {
-            let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-            format!("{home}/.cache/delivery-platform/nisshi/bin/nisshi")
-        });
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let address = format!("127.0.0.1:{port}");
-        let url = format!("tcp://{address}");
-        let process = tokio::process::Command::new(&binary)
-            .args(["broker", "--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
-            .args([
-                "--storage-engine",
-                "memory://nisshi/",
-                "--cluster-id",
-                "test",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {binary} (scripts/test.sh installs it): {e}"));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while tokio::net::TcpStream::connect(&address).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the broker did not listen"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let created = tokio::process::Command::new(&binary)
-            .args([
-                "topic",
-                "create",
-                TOPIC,
-                "--partitions",
-                "2",
-                "--broker",
-                &url,
-            ])
-            .output()
-            .await
-            .expect("the topic command runs");
-        assert!(created.status.success(), "{created:?}");
-        Broker {
-            address,
-            _process: process,
-        }
-    }
-
+impl AuditBroker for Broker {
     fn producer(&self) -> FutureProducer {
         ClientConfig::new()
             .set("bootstrap.servers", &self.address)
@@ -562,7 +512,7 @@ async fn publish(producer: &FutureProducer, events: &[EventEnvelope]) {
 
 #[sqlx::test(migrator = "migrations::WRITE")]
 async fn the_topic_is_read_from_a_real_broker_and_its_damage_reported(write: PgPool) {
-    let broker = Broker::start().await;
+    let broker = Broker::start_with(TOPIC, 2).await;
     let producer = broker.producer();
     let read = ReadDatabase::create().await;
 

@@ -11,7 +11,6 @@ use std::future::Future;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::process::{Child, Command as Process};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -31,6 +30,9 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+mod broker;
+pub use broker::{Broker, free_port};
+
 /// Polls `check` until it returns `Some`, failing the test with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where
@@ -47,61 +49,6 @@ where
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// A nisshi broker on a free port with in-memory storage, stopped when dropped. Our code only
-/// speaks the Kafka protocol: any broker would do, nisshi is the one these machines can run.
-pub struct Broker {
-    pub address: String,
-    _process: Child,
-}
-
-impl Broker {
-    pub async fn start(partitions: u32) -> Broker {
-        let binary = std::env::var("NISSHI_BIN").unwrap_or_else(|_| {
-            let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-            format!("{home}/.cache/delivery-platform/nisshi/bin/nisshi")
-        });
-        let address = format!("127.0.0.1:{}", free_port());
-        let url = format!("tcp://{address}");
-        let process = Process::new(&binary)
-            .args(["broker", "--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
-            .args([
-                "--storage-engine",
-                "memory://nisshi/",
-                "--cluster-id",
-                "test",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {binary} (scripts/test.sh installs it): {e}"));
-        eventually(Duration::from_secs(20), "the broker to listen", || async {
-            tokio::net::TcpStream::connect(&address).await.ok()
-        })
-        .await;
-        let created = Process::new(&binary)
-            .args(["topic", "create", TOPIC, "--partitions"])
-            .arg(partitions.to_string())
-            .args(["--broker", &url])
-            .output()
-            .await
-            .expect("the topic command runs");
-        assert!(created.status.success(), "{created:?}");
-        Broker {
-            address,
-            _process: process,
-        }
     }
 }
 
@@ -167,6 +114,13 @@ pub struct TestStack {
 
 /// Serializes database and role creation: concurrent `create role` races in Postgres.
 static SETUP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+impl Broker {
+    /// A broker with the event topic.
+    pub async fn start(partitions: u32) -> Broker {
+        Broker::start_with(TOPIC, partitions).await
+    }
+}
 
 impl TestStack {
     /// Starts everything: broker, databases, command API, relay, one projector, query API.

@@ -1,0 +1,67 @@
+//! A Kafka-protocol broker for tests: nisshi on a free port with in-memory storage, killed
+//! when dropped. Our code only speaks the Kafka protocol; nisshi is the broker these machines
+//! can run. This file depends on tokio alone, so crates the `e2e` crate depends on (the
+//! projector) can include it with `#[path]` instead of copying it.
+
+use std::time::Duration;
+use tokio::process::{Child, Command as Process};
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// A running broker; `address` is its bootstrap server.
+pub struct Broker {
+    pub address: String,
+    _process: Child,
+}
+
+impl Broker {
+    /// Starts a broker with `topic` created with `partitions` partitions.
+    pub async fn start_with(topic: &str, partitions: u32) -> Broker {
+        let binary = std::env::var("NISSHI_BIN").unwrap_or_else(|_| {
+            let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+            format!("{home}/.cache/delivery-platform/nisshi/bin/nisshi")
+        });
+        let address = format!("127.0.0.1:{}", free_port());
+        let url = format!("tcp://{address}");
+        let process = Process::new(&binary)
+            .args(["broker", "--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
+            .args([
+                "--storage-engine",
+                "memory://nisshi/",
+                "--cluster-id",
+                "test",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {binary} (scripts/test.sh installs it): {e}"));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(&address).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the broker did not listen"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let created = Process::new(&binary)
+            .args(["topic", "create", topic, "--partitions"])
+            .arg(partitions.to_string())
+            .args(["--broker", &url])
+            .output()
+            .await
+            .expect("the topic command runs");
+        assert!(created.status.success(), "{created:?}");
+        Broker {
+            address,
+            _process: process,
+        }
+    }
+}
