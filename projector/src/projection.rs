@@ -3,7 +3,7 @@
 //! No IO here, so every rule (duplicates, gaps, counts) is unit-tested without a database.
 
 use chrono::{DateTime, Utc};
-use domain::{Delivery, DeliveryId, DeliveryState, EventEnvelope, RiderId, Status};
+use domain::{Delivery, DeliveryId, DeliveryState, Event, EventEnvelope, RiderId, Status};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
@@ -135,9 +135,38 @@ pub struct Current {
     pub parked: Vec<ParkedEvent>,
 }
 
-/// A decoded message: the envelope and where it came from.
+/// A message decoded once: where it came from, and its envelope with the domain fact inside,
+/// or why it can never apply.
+pub struct Decoded {
+    partition: i32,
+    offset: i64,
+    fact: Result<(EventEnvelope, Event), PoisonMessage>,
+}
+
+impl Decoded {
+    /// Parses the payload once, checking the envelope, the type, the schema version and the
+    /// data, so a bad message becomes poison here and nothing later parses it again.
+    pub fn new(message: &Incoming) -> Self {
+        let fact = decode(message).map_err(|error| poison(message, error));
+        Self {
+            partition: message.partition,
+            offset: message.offset,
+            fact,
+        }
+    }
+
+    pub fn delivery_id(&self) -> Option<DeliveryId> {
+        self.fact
+            .as_ref()
+            .ok()
+            .map(|(envelope, _)| envelope.delivery_id)
+    }
+}
+
+/// A decoded event and where it came from.
 struct Located {
     envelope: EventEnvelope,
+    event: Event,
     partition: i32,
     offset: i64,
 }
@@ -151,6 +180,11 @@ struct Tracked {
 
 /// Works out the writes for `messages` (in offset order within each partition).
 pub fn plan(current: Current, messages: Vec<Incoming>) -> Plan {
+    plan_decoded(current, messages.iter().map(Decoded::new).collect())
+}
+
+/// Works out the writes for already decoded messages (in offset order within each partition).
+pub fn plan_decoded(current: Current, messages: Vec<Decoded>) -> Plan {
     let mut plan = Plan::default();
     let mut tracked: HashMap<DeliveryId, Tracked> = current
         .rows
@@ -171,16 +205,19 @@ pub fn plan(current: Current, messages: Vec<Incoming>) -> Plan {
     let mut waiting: HashMap<(DeliveryId, i64), (Located, bool)> = current
         .parked
         .into_iter()
-        .map(|parked| {
+        .filter_map(|parked| {
+            // It decoded when it was parked; a build that cannot decode it leaves it parked.
+            let event = parked.envelope.decode().ok()?;
             let located = Located {
                 partition: parked.kafka_partition,
                 offset: parked.kafka_offset,
                 envelope: parked.envelope,
+                event,
             };
-            (
+            Some((
                 (located.envelope.delivery_id, located.envelope.version),
                 (located, true),
-            )
+            ))
         })
         .collect();
 
@@ -189,15 +226,16 @@ pub fn plan(current: Current, messages: Vec<Incoming>) -> Plan {
             .entry(message.partition)
             .and_modify(|next| *next = (*next).max(message.offset + 1))
             .or_insert(message.offset + 1);
-        let envelope = match decode(&message) {
-            Ok(envelope) => envelope,
-            Err(error) => {
-                plan.poison.push(poison(&message, error));
+        let (envelope, event) = match message.fact {
+            Ok(fact) => fact,
+            Err(poison) => {
+                plan.poison.push(poison);
                 continue;
             }
         };
         let located = Located {
             envelope,
+            event,
             partition: message.partition,
             offset: message.offset,
         };
@@ -267,19 +305,17 @@ pub fn plan(current: Current, messages: Vec<Incoming>) -> Plan {
     plan
 }
 
-fn decode(message: &Incoming) -> Result<EventEnvelope, String> {
+fn decode(message: &Incoming) -> Result<(EventEnvelope, Event), String> {
     let payload = message
         .payload
         .as_deref()
         .ok_or_else(|| "message has no payload".to_owned())?;
     let envelope = EventEnvelope::from_json(payload).map_err(|e| e.to_string())?;
-    // Checks the type, schema version and data now, so a bad event is parked as poison
-    // instead of failing later.
-    envelope.decode().map_err(|e| e.to_string())?;
+    let event = envelope.decode().map_err(|e| e.to_string())?;
     if envelope.version < 1 {
         return Err(format!("version {} is not positive", envelope.version));
     }
-    Ok(envelope)
+    Ok((envelope, event))
 }
 
 fn poison(message: &Incoming, error: String) -> PoisonMessage {
@@ -304,6 +340,7 @@ fn poison(message: &Incoming, error: String) -> PoisonMessage {
 fn apply(plan: &mut Plan, tracked: &mut Tracked, located: Located) {
     let Located {
         envelope,
+        event,
         partition,
         offset,
     } = located;
@@ -312,25 +349,13 @@ fn apply(plan: &mut Plan, tracked: &mut Tracked, located: Located) {
         event_type = %envelope.event_type, version = envelope.version
     )
     .entered();
-    // `decode` already succeeded for this envelope in `plan`.
-    let event = match envelope.decode() {
-        Ok(event) => event,
-        Err(error) => {
-            plan.poison.push(poison_envelope(
-                &envelope,
-                partition,
-                offset,
-                error.to_string(),
-            ));
-            return;
-        }
-    };
-    let before = tracked.delivery.state.clone();
-    let evolved = match tracked.delivery.clone().evolve(&event) {
+    let before = tracked.delivery.clone();
+    let evolved = match std::mem::take(&mut tracked.delivery).evolve(&event) {
         Ok(evolved) => evolved,
         Err(error) => {
             // A history the domain says cannot have happened: keep it for a person, and leave
             // the delivery where it was (its later events will wait as parked).
+            tracked.delivery = before;
             plan.poison.push(poison_envelope(
                 &envelope,
                 partition,
@@ -341,9 +366,10 @@ fn apply(plan: &mut Plan, tracked: &mut Tracked, located: Located) {
         }
     };
     let Some(after) = evolved.state.as_ref() else {
+        tracked.delivery = before;
         return;
     };
-    count_changes(plan, before.as_ref(), after, envelope.occurred_at);
+    count_changes(plan, before.state.as_ref(), after, envelope.occurred_at);
     plan.history
         .push(HistoryRow::from_envelope(&envelope, partition, offset));
     tracked.delivery = evolved;

@@ -1,7 +1,7 @@
 //! The projector's SQL: one transaction per batch that applies the planned writes and stores
 //! the consumed offsets beside them.
 
-use crate::projection::{self, Current, DeliveryRow, Incoming, ParkedEvent, Plan};
+use crate::projection::{self, Current, Decoded, DeliveryRow, Incoming, ParkedEvent, Plan};
 use domain::DeliveryId;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
@@ -57,14 +57,14 @@ pub async fn apply_batch(
     .execute(&mut *tx)
     .await?;
     let stored = stored_offsets(&mut tx, subscription, &partitions).await?;
-    let fresh: Vec<Incoming> = messages
+    let fresh: Vec<Decoded> = messages
         .iter()
         .filter(|m| {
             stored
                 .get(&m.partition)
                 .is_none_or(|next| m.offset >= *next)
         })
-        .cloned()
+        .map(Decoded::new)
         .collect();
     let already_consumed = messages.len() - fresh.len();
     if fresh.is_empty() {
@@ -75,9 +75,15 @@ pub async fn apply_batch(
         });
     }
 
-    let ids = delivery_ids(&fresh);
+    let mut ids: Vec<Uuid> = fresh
+        .iter()
+        .filter_map(Decoded::delivery_id)
+        .map(|id| id.as_uuid())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
     let current = load_current(&mut tx, &ids).await?;
-    let plan = projection::plan(current, fresh);
+    let plan = projection::plan_decoded(current, fresh);
     write(&mut tx, subscription, &plan).await?;
     // Wakes read-your-writes waiters in the query API once this commits, telling them which
     // deliveries reached which version.
@@ -134,23 +140,6 @@ pub async fn stored_offsets(
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().collect())
-}
-
-/// The delivery ids the messages name, read leniently: a message that does not decode has no
-/// row to load and becomes poison in the plan.
-fn delivery_ids(messages: &[Incoming]) -> Vec<Uuid> {
-    #[derive(serde::Deserialize)]
-    struct Subject {
-        delivery_id: Uuid,
-    }
-    let mut ids: Vec<Uuid> = messages
-        .iter()
-        .filter_map(|m| serde_json::from_slice::<Subject>(m.payload.as_deref()?).ok())
-        .map(|subject| subject.delivery_id)
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
 }
 
 async fn load_current(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Current, sqlx::Error> {
