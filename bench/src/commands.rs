@@ -3,9 +3,10 @@
 
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
-use serde_json::json;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
+
+use crate::lifecycle::{Lifecycle, STEPS};
 
 /// Closed loop: N clients, each with one command in flight.
 #[derive(clap::Args, Clone)]
@@ -19,15 +20,8 @@ pub struct Config {
     /// How long to run.
     #[arg(long, default_value_t = 20)]
     pub seconds: u64,
-    /// Token of a dispatcher (creates and assigns).
-    #[arg(long, default_value = "dev-dispatcher-token")]
-    pub dispatcher_token: String,
-    /// Token of the rider every delivery is assigned to.
-    #[arg(long, default_value = "dev-rider-42-token")]
-    pub rider_token: String,
-    /// The rider id that token stands for.
-    #[arg(long, default_value = "rider-42")]
-    pub rider_id: String,
+    #[command(flatten)]
+    pub lifecycle: Lifecycle,
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -71,48 +65,18 @@ async fn walk_deliveries(
     let mut latencies = Histogram::<u64>::new(3)?;
     while Instant::now() < deadline {
         let id = Uuid::now_v7();
-        let steps = [
-            (
-                "/deliveries".to_owned(),
-                &config.dispatcher_token,
-                Some(json!({
-                    "delivery_id": id,
-                    "order_ref": format!("bench-{id}"),
-                    "customer_id": "bench-customer",
-                    "pickup": {"line": "Store 1", "lat": 52.52, "lon": 13.40},
-                    "dropoff": {"line": "Home 2", "lat": 52.50, "lon": 13.42},
-                })),
-            ),
-            (
-                format!("/deliveries/{id}/assign"),
-                &config.dispatcher_token,
-                Some(json!({"rider_id": config.rider_id})),
-            ),
-            (
-                format!("/deliveries/{id}/pickup"),
-                &config.rider_token,
-                None,
-            ),
-            (
-                format!("/deliveries/{id}/complete"),
-                &config.rider_token,
-                None,
-            ),
-        ];
-        for (path, token, body) in steps {
-            let mut request = client
-                .post(format!("{}{path}", config.url))
-                .bearer_auth(token);
-            if let Some(body) = body {
-                request = request.json(&body);
-            }
+        for step in 0..STEPS {
             let sent = Instant::now();
-            let response = request.send().await.context("sending a command")?;
+            let response = config
+                .lifecycle
+                .send(client, &config.url, id, step)
+                .await
+                .context("sending a command")?;
             let status = response.status();
             response.bytes().await?;
             latencies.record(sent.elapsed().as_micros() as u64)?;
             if !status.is_success() {
-                bail!("{path} answered {status}");
+                bail!("step {step} of delivery {id} answered {status}");
             }
         }
     }

@@ -8,6 +8,7 @@
 mod broker;
 mod catch_up;
 mod commands;
+mod lifecycle;
 mod pipeline;
 
 use clap::{Parser, Subcommand};

@@ -5,12 +5,13 @@
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
-use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use uuid::Uuid;
+
+use crate::lifecycle::{Lifecycle, STEPS};
 
 #[derive(clap::Args)]
 pub struct Config {
@@ -26,12 +27,8 @@ pub struct Config {
     /// How long to send commands.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
-    #[arg(long, default_value = "dev-dispatcher-token")]
-    dispatcher_token: String,
-    #[arg(long, default_value = "dev-rider-42-token")]
-    rider_token: String,
-    #[arg(long, default_value = "rider-42")]
-    rider_id: String,
+    #[command(flatten)]
+    lifecycle: Lifecycle,
     #[arg(long, default_value = "dev-reader-token")]
     reader_token: String,
 }
@@ -158,46 +155,16 @@ async fn one_command(
     figures: &Mutex<Figures>,
 ) -> anyhow::Result<()> {
     let id = next.id;
-    let (path, token, body) = match next.step {
-        0 => (
-            "/deliveries".to_owned(),
-            &config.dispatcher_token,
-            Some(json!({
-                "delivery_id": id,
-                "order_ref": format!("bench-{id}"),
-                "customer_id": "bench-customer",
-                "pickup": {"line": "Store 1", "lat": 52.52, "lon": 13.40},
-                "dropoff": {"line": "Home 2", "lat": 52.50, "lon": 13.42},
-            })),
-        ),
-        1 => (
-            format!("/deliveries/{id}/assign"),
-            &config.dispatcher_token,
-            Some(json!({"rider_id": config.rider_id})),
-        ),
-        2 => (
-            format!("/deliveries/{id}/pickup"),
-            &config.rider_token,
-            None,
-        ),
-        _ => (
-            format!("/deliveries/{id}/complete"),
-            &config.rider_token,
-            None,
-        ),
-    };
-    let mut request = client
-        .post(format!("{}{path}", config.command_url))
-        .bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
     let sent = Instant::now();
-    let response = request.send().await?.error_for_status()?;
+    let response = config
+        .lifecycle
+        .send(client, &config.command_url, id, next.step)
+        .await?
+        .error_for_status()?;
     let answer: serde_json::Value = response.json().await?;
     let accepted = Instant::now();
     let version = answer["version"].as_i64().context("no version")?;
-    if next.step < 3 {
+    if next.step + 1 < STEPS {
         let _ = ready.send(Next {
             id,
             step: next.step + 1,

@@ -10,17 +10,8 @@ use sqlx::PgPool;
 #[derive(Serialize)]
 pub(crate) struct Stats {
     deliveries_by_status: ByStatus,
-    /// Riders with at least one assigned or picked-up delivery.
-    active_riders: i64,
-    /// Deliveries completed since the start of the current UTC day.
-    completed_today: i64,
-    /// Seconds from creation to completion, over today's completions.
-    avg_completion_seconds_today: Option<f64>,
-    p90_completion_seconds_today: Option<f64>,
-    /// Events waiting for a missing earlier version: non-zero for long means a gap.
-    parked_events: i64,
-    /// Messages the projector could not decode.
-    poison_messages: i64,
+    #[serde(flatten)]
+    numbers: Numbers,
 }
 
 /// Every status, always present, in lifecycle order.
@@ -45,13 +36,19 @@ impl ByStatus {
     }
 }
 
-#[derive(sqlx::FromRow)]
+/// Everything but the status counts, read in one statement.
+#[derive(Serialize, sqlx::FromRow)]
 struct Numbers {
+    /// Riders with at least one assigned or picked-up delivery.
     active_riders: i64,
+    /// Deliveries completed since the start of the current UTC day.
     completed_today: i64,
+    /// Seconds from creation to completion, over today's completions.
     avg_completion_seconds_today: Option<f64>,
     p90_completion_seconds_today: Option<f64>,
+    /// Events waiting for a missing earlier version: non-zero for long means a gap.
     parked_events: i64,
+    /// Messages the projector could not decode.
     poison_messages: i64,
 }
 
@@ -93,11 +90,6 @@ pub(crate) async fn get(State(pool): State<PgPool>) -> Result<Json<Stats>, ApiEr
     }
     Ok(Json(Stats {
         deliveries_by_status: by_status,
-        active_riders: numbers.active_riders,
-        completed_today: numbers.completed_today,
-        avg_completion_seconds_today: numbers.avg_completion_seconds_today,
-        p90_completion_seconds_today: numbers.p90_completion_seconds_today,
-        parked_events: numbers.parked_events,
-        poison_messages: numbers.poison_messages,
+        numbers,
     }))
 }
