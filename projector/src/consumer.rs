@@ -2,7 +2,7 @@
 //! in one read-database transaction with its offsets, and only then commits to the broker.
 
 use crate::projection::Incoming;
-use crate::store::{self, Applied, Subscription};
+use crate::store::{self, Applied, Subscription, Target};
 use futures::StreamExt;
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -200,7 +200,8 @@ pub async fn run(
         if messages.is_empty() {
             continue;
         }
-        let Some(applied) = apply_with_retry(&pool, &subscription, &messages, &shutdown).await
+        let Some(applied) =
+            apply_with_retry(&pool, &Target::Live, &subscription, &messages, &shutdown).await
         else {
             break;
         };
@@ -213,15 +214,16 @@ pub async fn run(
 
 /// Retries a batch until it commits. `None` when shut down first: nothing of it was committed,
 /// so the next run reads it again from the stored offsets.
-async fn apply_with_retry(
+pub(crate) async fn apply_with_retry(
     pool: &PgPool,
+    target: &Target,
     subscription: &Subscription,
     messages: &[Incoming],
     shutdown: &CancellationToken,
 ) -> Option<Applied> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match store::apply_batch(pool, subscription, messages).await {
+        match store::apply_batch_to(pool, target, subscription, messages).await {
             Ok(applied) => return Some(applied),
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?backoff, "applying a batch failed; offsets not committed");

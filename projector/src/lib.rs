@@ -5,12 +5,16 @@
 //! per batch: partition lock, stored-offset filter, writes, offsets) -> `projection` (pure:
 //! which writes a batch causes, folded with the domain's own `evolve`).
 //!
+//! `catalog` names the projections and their tables; `rebuild` builds one anew from the first
+//! event beside the live tables and swaps it in.
 //! `audit` checks the event store, the topic and the read model against each other.
 
 pub mod audit;
+pub mod catalog;
 pub mod consumer;
 pub mod projection;
+pub mod rebuild;
 pub mod store;
 
 pub use consumer::{Progress, ProjectorConfig, ProjectorError, run};
-pub use store::{Subscription, apply_batch};
+pub use store::{Subscription, Target, apply_batch, apply_batch_to};

@@ -1,10 +1,13 @@
 //! `projector run`: builds the query tables from the event topic until stopped.
+//! `projector rebuild`: builds projections anew from the first event and switches them live.
 //! `projector audit verify`: checks the event store, the topic and the read model agree.
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use domain::DeliveryId;
 use projector::audit::AuditConfig;
+use projector::catalog;
+use projector::rebuild::RebuildConfig;
 use projector::{Progress, ProjectorConfig};
 use sqlx::postgres::PgPoolOptions;
 use std::process::ExitCode;
@@ -27,8 +30,44 @@ struct Cli {
 enum Cmd {
     /// Consume the topic as a member of the consumer group and keep the query tables current.
     Run(RunArgs),
+    /// Replay the topic from its first event into new versions of projections' tables while
+    /// the live projector goes on, then switch them live atomically once they reach its
+    /// position. Resumes an interrupted rebuild of the same projections.
+    Rebuild(RebuildArgs),
     /// Check the event store, the topic and the read model against each other.
     Audit(AuditArgs),
+}
+
+#[derive(Args)]
+struct RebuildArgs {
+    #[command(flatten)]
+    kafka: TopicArgs,
+    /// The live projector's consumer group, whose stored position the rebuild catches up to.
+    #[arg(long, env = "PROJECTOR_GROUP_ID", default_value = "delivery-projector")]
+    group: String,
+    /// A projection to rebuild (repeat for several; all when omitted): deliveries, history or
+    /// counts. One the read database does not have yet is built from the first event.
+    #[arg(long = "projection", value_parser = projection_name)]
+    projections: Vec<&'static catalog::Projection>,
+    /// Keep the replaced tables in a `retired_...` schema instead of dropping them.
+    #[arg(long)]
+    keep_old: bool,
+    /// Discard an interrupted rebuild of the same projections instead of resuming it.
+    #[arg(long)]
+    from_scratch: bool,
+    /// Most messages applied in one transaction.
+    #[arg(long, default_value_t = 5000)]
+    batch_size: usize,
+    /// No progress bar (one is drawn only when stderr is a terminal anyway).
+    #[arg(long)]
+    no_progress: bool,
+}
+
+fn projection_name(name: &str) -> Result<&'static catalog::Projection, String> {
+    catalog::by_name(name).ok_or_else(|| {
+        let known: Vec<&str> = catalog::ALL.iter().map(|p| p.name).collect();
+        format!("unknown projection; known: {}", known.join(", "))
+    })
 }
 
 #[derive(Args)]
@@ -117,6 +156,42 @@ async fn main() -> anyhow::Result<ExitCode> {
                 .context("projecting the event topic")?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Rebuild(args) => {
+            let shutdown = CancellationToken::new();
+            let cancel = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                cancel.cancel();
+            });
+            let projections = if args.projections.is_empty() {
+                catalog::ALL.to_vec()
+            } else {
+                args.projections
+            };
+            let config = RebuildConfig {
+                brokers: args.kafka.brokers,
+                topic: args.kafka.topic,
+                live_group: args.group,
+                projections,
+                keep_old: args.keep_old,
+                from_scratch: args.from_scratch,
+                batch_size: args.batch_size.max(1),
+                progress_bar: !args.no_progress,
+                switch_timeout: Duration::from_secs(10),
+            };
+            let report = projector::rebuild::rebuild(&pool, &config, &shutdown)
+                .await
+                .context("rebuilding")?;
+            match peak_memory_kib() {
+                Some(kib) => println!("{report}; peak RSS {:.1} MiB", kib as f64 / 1024.0),
+                None => println!("{report}"),
+            }
+            Ok(if report.switched {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(130)
+            })
+        }
         Cmd::Audit(AuditArgs {
             command: AuditCmd::Verify(args),
         }) => {
@@ -142,6 +217,13 @@ async fn main() -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// The process's peak resident memory (Linux), for the rebuild's report.
+fn peak_memory_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Resolves on Ctrl-C or SIGTERM. The batch being written still commits; only reading stops.

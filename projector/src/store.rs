@@ -1,6 +1,7 @@
 //! The projector's SQL: one transaction per batch that applies the planned writes and stores
 //! the consumed offsets beside them.
 
+use crate::catalog::Writes;
 use crate::projection::{self, Current, Decoded, DeliveryRow, Incoming, ParkedEvent, Plan};
 use domain::DeliveryId;
 use sqlx::types::Json;
@@ -13,6 +14,30 @@ use uuid::Uuid;
 pub struct Subscription {
     pub group: String,
     pub topic: String,
+}
+
+/// Where a batch is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The query tables the query API reads (schema `public`), those of the projections listed
+    /// live in `projections`. Read-your-writes waiters are woken when the batch commits.
+    Live,
+    /// A rebuild's schema of its own, with the tables `writes` names. Nobody waits on it.
+    Staging { schema: String, writes: Writes },
+}
+
+impl Target {
+    fn search_path(&self) -> String {
+        match self {
+            Target::Live => "set local search_path = public".to_owned(),
+            Target::Staging { schema, .. } => {
+                format!(
+                    "set local search_path = \"{}\"",
+                    schema.replace('"', "\"\"")
+                )
+            }
+        }
+    }
 }
 
 /// What one applied batch did.
@@ -33,7 +58,19 @@ pub async fn apply_batch(
     subscription: &Subscription,
     messages: &[Incoming],
 ) -> Result<Applied, sqlx::Error> {
+    apply_batch_to(pool, &Target::Live, subscription, messages).await
+}
+
+/// `apply_batch` into `target`. Every statement names its tables unqualified, so the one
+/// `search_path` set here decides which version of the query tables the batch writes.
+pub async fn apply_batch_to(
+    pool: &PgPool,
+    target: &Target,
+    subscription: &Subscription,
+    messages: &[Incoming],
+) -> Result<Applied, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    sqlx::query(&target.search_path()).execute(&mut *tx).await?;
     // The offsets commit with the rows they caused: a commit lost in a database crash loses
     // both, and the batch is read again. So the commit need not wait for the WAL flush.
     sqlx::query("set local synchronous_commit = off")
@@ -47,15 +84,19 @@ pub async fn apply_batch(
         .collect();
     // Two projector instances briefly share a partition during a rebalance. The partition
     // lock makes the second wait for the first, and then read the offsets it stored.
-    sqlx::query(
-        "select pg_advisory_xact_lock(hashtextextended($1 || '/' || $2 || '/' || p::text, 0)) \
-         from unnest($3::int[]) as p order by p",
-    )
-    .bind(&subscription.group)
-    .bind(&subscription.topic)
-    .bind(&partitions)
-    .execute(&mut *tx)
-    .await?;
+    lock_partitions(&mut tx, subscription, &partitions).await?;
+    // Read after the partition locks: a rebuild switches tables while holding them, so a
+    // batch that waited for a switch writes the tables it switched in.
+    let writes = match target {
+        Target::Live => Writes::of(
+            sqlx::query_scalar::<_, String>("select name from projections")
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(String::as_str),
+        ),
+        Target::Staging { writes, .. } => *writes,
+    };
     let stored = stored_offsets(&mut tx, subscription, &partitions).await?;
     let fresh: Vec<Decoded> = messages
         .iter()
@@ -84,13 +125,15 @@ pub async fn apply_batch(
     ids.dedup();
     let current = load_current(&mut tx, &ids).await?;
     let plan = projection::plan_decoded(current, fresh);
-    write(&mut tx, subscription, &plan).await?;
-    // Wakes read-your-writes waiters in the query API once this commits, telling them which
-    // deliveries reached which version.
-    sqlx::query("select pg_notify('projection', payload) from unnest($1::text[]) as payload")
-        .bind(notifications(&plan))
-        .execute(&mut *tx)
-        .await?;
+    write(&mut tx, subscription, writes, &plan).await?;
+    if *target == Target::Live {
+        // Wakes read-your-writes waiters in the query API once this commits, telling them
+        // which deliveries reached which version.
+        sqlx::query("select pg_notify('projection', payload) from unnest($1::text[]) as payload")
+            .bind(notifications(&plan))
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     Ok(Applied {
         already_consumed,
@@ -122,6 +165,25 @@ pub fn notifications(plan: &Plan) -> Vec<String> {
         }
     }
     payloads
+}
+
+/// Takes the subscription's partition locks until the transaction ends, in partition order so
+/// that two lockers never deadlock. Held by every batch, and by a rebuild while it switches.
+pub async fn lock_partitions(
+    conn: &mut PgConnection,
+    subscription: &Subscription,
+    partitions: &[i32],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "select pg_advisory_xact_lock(hashtextextended($1 || '/' || $2 || '/' || p::text, 0)) \
+         from unnest($3::int[]) as p order by p",
+    )
+    .bind(&subscription.group)
+    .bind(&subscription.topic)
+    .bind(partitions)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// The next offset to read per partition, as last committed with the read model.
@@ -168,6 +230,7 @@ async fn load_current(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Current, 
 async fn write(
     conn: &mut PgConnection,
     subscription: &Subscription,
+    writes: Writes,
     plan: &Plan,
 ) -> Result<(), sqlx::Error> {
     if !plan.deliveries.is_empty() {
@@ -187,7 +250,7 @@ async fn write(
         .execute(&mut *conn)
         .await?;
     }
-    if !plan.history.is_empty() {
+    if writes.history && !plan.history.is_empty() {
         sqlx::query(
             "insert into delivery_history \
              select * from jsonb_populate_recordset(null::delivery_history, $1) \
@@ -197,7 +260,7 @@ async fn write(
         .execute(&mut *conn)
         .await?;
     }
-    if !plan.rider_changes.is_empty() {
+    if writes.counts && !plan.rider_changes.is_empty() {
         let mut riders = Vec::new();
         let mut active = Vec::new();
         let mut completed = Vec::new();
@@ -234,7 +297,7 @@ async fn write(
         .execute(&mut *conn)
         .await?;
     }
-    if !plan.status_changes.is_empty() {
+    if writes.counts && !plan.status_changes.is_empty() {
         let statuses: Vec<&str> = plan.status_changes.keys().map(|s| s.as_str()).collect();
         let changes: Vec<i64> = plan.status_changes.values().copied().collect();
         sqlx::query(

@@ -23,6 +23,10 @@ pub enum ApiError {
          retry shortly"
     )]
     NotYetProjected { projected: i64, requested: i64 },
+    /// A projection this read needs has not been built in the read database (a projection
+    /// added later, before `projector rebuild` has built it).
+    #[error("this read needs a projection that is not built yet; retry once it has been rebuilt")]
+    ProjectionUnavailable,
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -33,7 +37,9 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::DeliveryNotFound | ApiError::RiderNotFound => StatusCode::NOT_FOUND,
             ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotYetProjected { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotYetProjected { .. } | ApiError::ProjectionUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -46,6 +52,7 @@ impl ApiError {
             ApiError::RiderNotFound => "rider-not-found",
             ApiError::InvalidQuery(_) => "invalid-query",
             ApiError::NotYetProjected { .. } => "not-yet-projected",
+            ApiError::ProjectionUnavailable => "projection-unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -57,7 +64,13 @@ impl ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        ApiError::Internal(error.into())
+        match &error {
+            // undefined_table: the query table is not there.
+            sqlx::Error::Database(e) if e.code().as_deref() == Some("42P01") => {
+                ApiError::ProjectionUnavailable
+            }
+            _ => ApiError::Internal(error.into()),
+        }
     }
 }
 
