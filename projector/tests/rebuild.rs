@@ -353,7 +353,7 @@ async fn rebuilding_the_counts_replaces_only_the_counts(pool: PgPool) {
     );
     // The replaced tables are kept, damage and all.
     let kept = report.kept_in.clone().expect("kept");
-    assert_eq!(setup.schemas("retired_").await, [kept.clone()]);
+    assert_eq!(setup.schemas("retired_").await, std::slice::from_ref(&kept));
     let kept_created: i64 = sqlx::query_scalar(&format!(
         "select deliveries from {kept}.status_counts where status = 'created'"
     ))

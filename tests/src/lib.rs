@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub const TOPIC: &str = "delivery.events";
+/// The consumer group of the stack's projectors.
+pub const PROJECTOR_GROUP: &str = "e2e-projector";
 pub const DISPATCHER: &str = "e2e-dispatcher-token";
 pub const ADMIN: &str = "e2e-admin-token";
 pub const READER: &str = "e2e-reader-token";
@@ -198,7 +200,7 @@ impl TestStack {
         let config = ProjectorConfig {
             brokers: self.broker.address.clone(),
             topic: TOPIC.into(),
-            group: "e2e-projector".into(),
+            group: PROJECTOR_GROUP.into(),
             batch_size: 50,
         };
         let progress = self.progress.clone();

@@ -4,4 +4,5 @@
 mod isolation;
 mod pipeline;
 mod projector_failures;
+mod rebuild;
 mod relay;

@@ -8,7 +8,7 @@ use tokio::task::JoinSet;
 use uuid::Uuid;
 
 /// Walks `count` deliveries (ids from `first`) to every fate in turn, 8 at a time.
-async fn traffic(stack: &TestStack, first: u128, count: u128) {
+pub(crate) async fn traffic(stack: &TestStack, first: u128, count: u128) {
     let mut walks = JoinSet::new();
     for chunk in (first..first + count).collect::<Vec<_>>().chunks(8) {
         for &n in chunk {
