@@ -25,42 +25,60 @@ use uuid::Uuid;
 pub struct Config {
     /// Kafka bootstrap servers.
     #[arg(long, default_value = "127.0.0.1:9092")]
-    brokers: String,
+    pub(crate) brokers: String,
     /// A topic created for the run (it must be empty: the backlog is all it holds).
     #[arg(long, default_value = "bench.catchup")]
-    topic: String,
+    pub(crate) topic: String,
     /// Events in the backlog (whole lifecycles of 4 events).
     #[arg(long, default_value_t = 200_000)]
-    events: u64,
+    pub(crate) events: u64,
     /// A read database to create (dropped first if it exists) and project into.
     #[arg(
         long,
         default_value = "postgres://postgres@127.0.0.1:5432/delivery_bench_read"
     )]
-    read_database_url: String,
+    pub(crate) read_database_url: String,
     /// Messages applied per read-database transaction.
     #[arg(long, default_value_t = 2000)]
-    batch_size: usize,
+    pub(crate) batch_size: usize,
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let deliveries = config.events / 4;
     let events = deliveries * 4;
     let produced = Instant::now();
-    produce(&config, deliveries).await?;
+    produce(&config.brokers, &config.topic, deliveries).await?;
     let produce_secs = produced.elapsed().as_secs_f64();
     println!(
         "backlog: {events} events ({deliveries} deliveries) produced in {produce_secs:.1}s ({:.0} events/s)",
         events as f64 / produce_secs
     );
 
-    let raw = raw_consume(&config, events).await?;
+    let raw = raw_consume(&config.brokers, &config.topic, events).await?;
     println!(
         "raw rdkafka consume: {events} messages in {raw:.2}s ({:.0} messages/s)",
         events as f64 / raw
     );
 
     fresh_database(&config.read_database_url).await?;
+    let group = format!("bench-catch-up-{}", Uuid::now_v7());
+    let (elapsed, batches) = project(&config, &group, events).await?;
+    println!(
+        "projector catch-up: {events} events in {elapsed:.2}s ({:.0} events/s, {batches} batches, \
+         {:.0}% of the raw consume rate)",
+        events as f64 / elapsed,
+        100.0 * raw / elapsed
+    );
+    Ok(())
+}
+
+/// Migrates the (fresh) read database and runs the projector as consumer group `group` until
+/// it has applied `events`. Returns the seconds it took and the batches it used.
+pub(crate) async fn project(
+    config: &Config,
+    group: &str,
+    events: u64,
+) -> anyhow::Result<(f64, u64)> {
     let pool = PgPoolOptions::new()
         .max_connections(4)
         .connect(&config.read_database_url)
@@ -72,7 +90,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let projector_config = ProjectorConfig {
         brokers: config.brokers.clone(),
         topic: config.topic.clone(),
-        group: format!("bench-catch-up-{}", Uuid::now_v7()),
+        group: group.to_owned(),
         batch_size: config.batch_size,
     };
     let started = Instant::now();
@@ -82,7 +100,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         progress.clone(),
         shutdown.clone(),
     ));
-    let deadline = started + Duration::from_secs(600);
+    let deadline = started + Duration::from_secs(1800);
     while progress.applied.load(Ordering::Relaxed) < events {
         if Instant::now() > deadline || running.is_finished() {
             bail!(
@@ -95,14 +113,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let elapsed = started.elapsed().as_secs_f64();
     shutdown.cancel();
     running.await??;
-    println!(
-        "projector catch-up: {events} events in {elapsed:.2}s ({:.0} events/s, {} batches, \
-         {:.0}% of the raw consume rate)",
-        events as f64 / elapsed,
-        progress.batches.load(Ordering::Relaxed),
-        100.0 * raw / elapsed
-    );
-    Ok(())
+    pool.close().await;
+    Ok((elapsed, progress.batches.load(Ordering::Relaxed)))
 }
 
 fn lifecycle(n: u64) -> Vec<EventEnvelope> {
@@ -146,9 +158,9 @@ fn lifecycle(n: u64) -> Vec<EventEnvelope> {
         .collect()
 }
 
-async fn produce(config: &Config, deliveries: u64) -> anyhow::Result<()> {
+pub(crate) async fn produce(brokers: &str, topic: &str, deliveries: u64) -> anyhow::Result<()> {
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
+        .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("partitioner", "murmur2_random")
@@ -160,7 +172,7 @@ async fn produce(config: &Config, deliveries: u64) -> anyhow::Result<()> {
         for envelope in lifecycle(n) {
             let key = envelope.delivery_id.to_string();
             let payload = envelope.to_json();
-            let mut record = FutureRecord::to(&config.topic).key(&key).payload(&payload);
+            let mut record = FutureRecord::to(topic).key(&key).payload(&payload);
             loop {
                 match producer.send_result(record) {
                     Ok(delivery) => {
@@ -199,14 +211,14 @@ fn acknowledged(
 }
 
 /// Seconds a bare consumer takes to read `events` messages from the start of the topic.
-async fn raw_consume(config: &Config, events: u64) -> anyhow::Result<f64> {
+pub(crate) async fn raw_consume(brokers: &str, topic: &str, events: u64) -> anyhow::Result<f64> {
     let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
+        .set("bootstrap.servers", brokers)
         .set("group.id", format!("bench-raw-{}", Uuid::now_v7()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
         .create()?;
-    consumer.subscribe(&[&config.topic])?;
+    consumer.subscribe(&[topic])?;
     let started = Instant::now();
     let mut stream = consumer.stream();
     let mut read = 0u64;
@@ -220,7 +232,7 @@ async fn raw_consume(config: &Config, events: u64) -> anyhow::Result<f64> {
     Ok(started.elapsed().as_secs_f64())
 }
 
-async fn fresh_database(url: &str) -> anyhow::Result<()> {
+pub(crate) async fn fresh_database(url: &str) -> anyhow::Result<()> {
     use sqlx::{ConnectOptions, Connection, Executor};
     use std::str::FromStr;
     let options = sqlx::postgres::PgConnectOptions::from_str(url)?;

@@ -3,6 +3,7 @@
 //! - `pipeline`: a steady command rate, timing each command from accepted to visible in the
 //!   query API.
 //! - `catch-up`: the projector's apply rate over a backlog already in Kafka.
+//! - `rebuild`: `projector rebuild` over a backlog, beside the broker's raw consume rate.
 //! - `broker`: the broker's own latency, for comparison.
 
 mod broker;
@@ -10,6 +11,7 @@ mod catch_up;
 mod commands;
 mod lifecycle;
 mod pipeline;
+mod rebuild;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +32,8 @@ enum Bench {
     Broker(broker::Config),
     /// Put a backlog of events in Kafka and time the projector catching up on it.
     CatchUp(catch_up::Config),
+    /// Put a backlog in Kafka, project it live, then time `projector rebuild` replaying it.
+    Rebuild(rebuild::Config),
 }
 
 #[tokio::main]
@@ -44,5 +48,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Pipeline(config) => pipeline::run(config).await,
         Bench::CatchUp(config) => catch_up::run(config).await,
         Bench::Broker(config) => broker::run(config).await,
+        Bench::Rebuild(config) => rebuild::run(config).await,
     }
 }
