@@ -302,6 +302,7 @@ async fn a_rebuild_keeps_up_with_a_live_projector_under_load(pool: PgPool) {
     let setup = Setup::new(pool).await;
     let live = setup.live_projector();
     setup.publish(&deliveries(0..100)).await;
+    setup.live_applied(25 * 10).await;
     setup.execute(DAMAGE).await;
     // Events keep coming while the rebuild replays: it must switch at the live position,
     // neither missing the newest nor applying them twice.
@@ -319,6 +320,27 @@ async fn a_rebuild_keeps_up_with_a_live_projector_under_load(pool: PgPool) {
         .await
         .expect("history count");
     assert_eq!(history, 200 / 4 * 10);
+    live.stop().await;
+}
+
+#[sqlx::test(migrator = "migrations::READ")]
+async fn a_rebuild_stops_at_the_position_of_a_lagging_live_projector(pool: PgPool) {
+    let setup = Setup::new(pool).await;
+    let live = setup.live_projector();
+    setup.publish(&deliveries(0..40)).await;
+    setup.live_applied(10 * 10).await;
+    live.stop().await;
+    // The topic runs ahead of the live projector.
+    setup.publish(&deliveries(40..80)).await;
+
+    // Counts switched in past the live position would count those events again when the live
+    // projector applies them (its `deliveries` rows are behind): they must stop exactly there.
+    setup.rebuild(&setup.config(&[&catalog::COUNTS])).await;
+    assert_eq!(setup.counts().await, expected_counts(40));
+
+    let live = setup.live_projector();
+    setup.live_applied(20 * 10).await;
+    assert_eq!(setup.counts().await, expected_counts(80));
     live.stop().await;
 }
 
