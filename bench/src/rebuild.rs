@@ -16,8 +16,11 @@ pub struct Config {
     #[arg(long, default_value = "target/release/projector")]
     projector_bin: PathBuf,
     /// Messages per transaction in the rebuild.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 2500)]
     rebuild_batch_size: usize,
+    /// Concurrent transactions in the rebuild.
+    #[arg(long, default_value_t = 2)]
+    rebuild_lanes: usize,
 }
 
 const LIVE_GROUP: &str = "bench-live-projector";
@@ -49,6 +52,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .args(["--brokers", &backlog.brokers, "--topic", &backlog.topic])
         .args(["--group", LIVE_GROUP, "--no-progress"])
         .arg(format!("--batch-size={}", config.rebuild_batch_size))
+        .arg(format!("--lanes={}", config.rebuild_lanes))
         .env("RUST_LOG", "warn")
         .output()
         .await

@@ -56,8 +56,11 @@ struct RebuildArgs {
     #[arg(long)]
     from_scratch: bool,
     /// Most messages applied in one transaction.
-    #[arg(long, default_value_t = 5000)]
+    #[arg(long, default_value_t = 2500)]
     batch_size: usize,
+    /// Transactions applied at once, each with partitions of its own (and a connection).
+    #[arg(long, default_value_t = 2)]
+    lanes: usize,
     /// No progress bar (one is drawn only when stderr is a terminal anyway).
     #[arg(long)]
     no_progress: bool,
@@ -132,8 +135,13 @@ async fn main() -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // A rebuild holds one connection per lane, one for its lock and one for the switch.
+    let connections = match &cli.command {
+        Cmd::Rebuild(args) => args.lanes.clamp(1, 16) as u32 + 3,
+        _ => 4,
+    };
     let pool = PgPoolOptions::new()
-        .max_connections(4)
+        .max_connections(connections)
         .connect(&cli.database_url)
         .await
         .context("connecting to the read database (READ_DATABASE_URL)")?;
@@ -176,6 +184,7 @@ async fn main() -> anyhow::Result<ExitCode> {
                 keep_old: args.keep_old,
                 from_scratch: args.from_scratch,
                 batch_size: args.batch_size.max(1),
+                lanes: args.lanes.clamp(1, 16),
                 progress_bar: !args.no_progress,
                 switch_timeout: Duration::from_secs(10),
             };

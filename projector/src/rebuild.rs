@@ -17,17 +17,20 @@ use crate::catalog::{self, Projection, Writes};
 use crate::consumer::apply_with_retry;
 use crate::projection::Incoming;
 use crate::store::{self, Subscription, Target};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{Consumer, DefaultConsumerContext, MessageStream, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use sqlx::{Acquire, Connection, PgConnection, PgPool};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 #[derive(Debug, Clone)]
 pub struct RebuildConfig {
@@ -43,6 +46,9 @@ pub struct RebuildConfig {
     pub from_scratch: bool,
     /// Most messages applied in one transaction.
     pub batch_size: usize,
+    /// Transactions applied at once, each with partitions of its own; a step reads up to
+    /// `batch_size * lanes` messages.
+    pub lanes: usize,
     /// Draw a progress bar on stderr (when it is a terminal).
     pub progress_bar: bool,
     /// Longest the live projector is held for the last stretch before the switch; past it the
@@ -69,6 +75,8 @@ pub enum RebuildError {
         rebuilt: i64,
         live: i64,
     },
+    #[error("a transaction of the replay failed: {0}")]
+    Lane(String),
     #[error("read database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("Kafka: {0}")]
@@ -85,6 +93,8 @@ pub struct RebuildReport {
     pub resumed_at: u64,
     /// Messages this run applied.
     pub applied: u64,
+    /// Transactions they were applied in.
+    pub batches: u64,
     pub elapsed: Duration,
     /// False when interrupted before the switch: run again to resume.
     pub switched: bool,
@@ -97,10 +107,11 @@ impl std::fmt::Display for RebuildReport {
         let secs = self.elapsed.as_secs_f64();
         write!(
             f,
-            "rebuild of {}: {} events applied in {secs:.2}s ({:.0} events/s)",
+            "rebuild of {}: {} events applied in {secs:.2}s ({:.0} events/s, {} transactions)",
             self.projections.join(", "),
             self.applied,
-            self.applied as f64 / secs.max(1e-9)
+            self.applied as f64 / secs.max(1e-9),
+            self.batches
         )?;
         if self.resumed_at > 0 {
             write!(f, ", resumed after {} events", self.resumed_at)?;
@@ -141,8 +152,29 @@ pub async fn rebuild(
     }
     prepare_staging(pool, &schema, &names, &config.topic).await?;
 
-    let consumer = replay_consumer(config)?;
+    let consumer = Arc::new(replay_consumer(config)?);
     let partitions = partitions_of(&consumer, &config.topic)?;
+    // A queue per partition, read in turn: a broker's fetch often holds thousands of one
+    // partition's messages, and the lanes need several partitions in a step to work at once.
+    let queues: Vec<StreamPartitionQueue<DefaultConsumerContext>> = partitions
+        .iter()
+        .filter_map(|&p| consumer.split_partition_queue(&config.topic, p))
+        .collect();
+    if queues.len() != partitions.len() {
+        return Err(RebuildError::NoPartitions(config.topic.clone()));
+    }
+    // The main queue still serves librdkafka's events (errors, statistics).
+    let events = {
+        let consumer = consumer.clone();
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            let mut stream = consumer.stream();
+            while let Some(event) = stream.next().await {
+                if let Err(error) = event {
+                    tracing::warn!(%error, "consumer error");
+                }
+            }
+        }))
+    };
     let mut replay = Replay {
         pool: pool.clone(),
         target: Target::Staging {
@@ -156,7 +188,10 @@ pub async fn rebuild(
         staged: staged_offsets(pool, &schema, &config.topic).await?,
         held: BTreeMap::new(),
         paused: BTreeSet::new(),
+        lanes: config.lanes.max(1),
+        batch_size: config.batch_size.max(1),
         applied: 0,
+        batches: 0,
     };
     let mut start = TopicPartitionList::new();
     let mut first = Offsets::new();
@@ -174,7 +209,8 @@ pub async fn rebuild(
     let mut meter = Meter::new(config.progress_bar, &names, resumed_at);
     tracing::info!(%schema, resumed_at, "rebuilding {}", names.join(", "));
 
-    let mut batches = consumer.stream().ready_chunks(config.batch_size.max(1));
+    let mut batches = futures::stream::select_all(queues.iter().map(|q| q.stream()))
+        .ready_chunks(config.batch_size.max(1));
     let mut kept_in = None;
     let switched = loop {
         if shutdown.is_cancelled() {
@@ -208,12 +244,14 @@ pub async fn rebuild(
     };
     meter.finish();
     drop(batches);
+    drop(events);
     lock.close().await?;
     let report = RebuildReport {
         projections: names,
         schema,
         resumed_at,
         applied: replay.applied,
+        batches: replay.batches,
         elapsed: started.elapsed(),
         switched,
         kept_in,
@@ -226,7 +264,9 @@ const WATERMARKS: Duration = Duration::from_secs(10);
 /// How long one step waits for messages before looking at the live position again.
 const POLL: Duration = Duration::from_millis(200);
 
-type Batches<'a> = futures::stream::ReadyChunks<MessageStream<'a, DefaultConsumerContext>>;
+type Batches<'a> = futures::stream::ReadyChunks<
+    futures::stream::SelectAll<MessageStream<'a, DefaultConsumerContext>>,
+>;
 
 /// The replay's state between steps.
 struct Replay {
@@ -239,7 +279,11 @@ struct Replay {
     /// them. Their partition is paused meanwhile, so this holds at most a fetch's worth.
     held: BTreeMap<i32, VecDeque<Incoming>>,
     paused: BTreeSet<i32>,
+    /// Transactions applied at once, each with its own partitions.
+    lanes: usize,
+    batch_size: usize,
     applied: u64,
+    batches: u64,
 }
 
 impl Replay {
@@ -287,7 +331,7 @@ impl Replay {
             }
         }
         if !ready.is_empty() {
-            self.apply(&ready, shutdown).await;
+            self.apply(ready, shutdown).await?;
         }
         let released: Vec<i32> = self
             .paused
@@ -304,9 +348,16 @@ impl Replay {
             () = shutdown.cancelled() => return Ok(()),
             chunk = tokio::time::timeout(wait, batches.next()) => chunk,
         };
-        let Ok(Some(chunk)) = chunk else {
+        let Ok(Some(mut chunk)) = chunk else {
             return Ok(());
         };
+        // Fill every lane: take what else is ready now.
+        while chunk.len() < self.batch_size * self.lanes {
+            match batches.next().now_or_never() {
+                Some(Some(more)) => chunk.extend(more),
+                _ => break,
+            }
+        }
         let mut ready = Vec::with_capacity(chunk.len());
         for result in chunk {
             let message = match result {
@@ -341,29 +392,64 @@ impl Replay {
             self.paused.extend(newly_held);
         }
         if !ready.is_empty() {
-            self.apply(&ready, shutdown).await;
+            self.apply(ready, shutdown).await?;
         }
         Ok(())
     }
 
-    /// Applies one batch to the staging schema, retrying database errors until shut down (the
-    /// batch is then read again on resumption).
-    async fn apply(&mut self, messages: &[Incoming], shutdown: &CancellationToken) {
-        let applied = apply_with_retry(
-            &self.pool,
-            &self.target,
-            &self.subscription,
-            messages,
-            shutdown,
-        )
-        .await;
-        if let Some(applied) = applied {
-            for message in messages {
+    /// Applies messages to the staging schema, retrying database errors until shut down (a
+    /// batch not applied is read again on resumption). Partitions are split over `lanes`
+    /// transactions that run at once: they share no delivery (a delivery's events share a
+    /// partition), only the counter rows, which each holds for a moment before its commit.
+    async fn apply(
+        &mut self,
+        messages: Vec<Incoming>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RebuildError> {
+        // Each partition whole to one lane, the biggest first to the emptiest lane.
+        let mut by_partition: BTreeMap<i32, Vec<Incoming>> = BTreeMap::new();
+        for message in messages {
+            by_partition
+                .entry(message.partition)
+                .or_default()
+                .push(message);
+        }
+        let mut partitions: Vec<Vec<Incoming>> = by_partition.into_values().collect();
+        partitions.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        let mut lanes: Vec<Vec<Incoming>> = vec![Vec::new(); self.lanes.max(1)];
+        for partition in partitions {
+            if let Some(lane) = lanes.iter_mut().min_by_key(|lane| lane.len()) {
+                lane.extend(partition);
+            }
+        }
+        let mut running = Vec::new();
+        for lane in lanes.into_iter().filter(|lane| !lane.is_empty()) {
+            let (pool, target, subscription, shutdown) = (
+                self.pool.clone(),
+                self.target.clone(),
+                self.subscription.clone(),
+                shutdown.clone(),
+            );
+            running.push(tokio::spawn(async move {
+                let applied =
+                    apply_with_retry(&pool, &target, &subscription, &lane, &shutdown).await;
+                (lane, applied)
+            }));
+        }
+        for lane in running {
+            // A lane that died would leave a hole behind offsets read past: stop instead.
+            let (messages, applied) = lane.await.map_err(|e| RebuildError::Lane(e.to_string()))?;
+            let Some(applied) = applied else {
+                continue; // shut down: read again on resumption
+            };
+            for message in &messages {
                 let next = self.staged.entry(message.partition).or_insert(0);
                 *next = (*next).max(message.offset + 1);
             }
             self.applied += (messages.len() - applied.already_consumed) as u64;
+            self.batches += 1;
         }
+        Ok(())
     }
 
     fn list(&self, partitions: &[i32]) -> Result<TopicPartitionList, KafkaError> {
@@ -630,9 +716,11 @@ fn replay_consumer(config: &RebuildConfig) -> Result<StreamConsumer, KafkaError>
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("fetch.wait.max.ms", "50")
-        // Bounds prefetched messages (librdkafka's default is 64 MiB): memory stays flat
-        // however long the topic.
-        .set("queued.max.messages.kbytes", "16384")
+        // Bounds prefetched messages (per partition, as each has its queue; librdkafka's
+        // default is 64 MiB) and the size of a fetch: memory stays flat however long the topic.
+        .set("queued.max.messages.kbytes", "4096")
+        .set("fetch.max.bytes", "4194304")
+        .set("max.partition.fetch.bytes", "1048576")
         .create()
 }
 

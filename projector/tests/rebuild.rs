@@ -86,7 +86,7 @@ impl Setup {
             .expect("producer");
         // Pools of their own: the live projector and the rebuild each hold connections.
         let pool = PgPoolOptions::new()
-            .max_connections(6)
+            .max_connections(8)
             .connect_with((*pool.connect_options()).clone())
             .await
             .expect("pool");
@@ -142,6 +142,7 @@ impl Setup {
             keep_old: false,
             from_scratch: false,
             batch_size: 40,
+            lanes: 2,
             progress_bar: false,
             switch_timeout: Duration::from_secs(10),
         }

@@ -57,6 +57,7 @@ async fn queries_keep_answering_while_a_damaged_read_model_is_rebuilt_under_traf
         keep_old: false,
         from_scratch: false,
         batch_size: 20,
+        lanes: 2,
         progress_bar: false,
         switch_timeout: Duration::from_secs(10),
     };
