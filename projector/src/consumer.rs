@@ -173,7 +173,7 @@ pub async fn run(
         .set("session.timeout.ms", "10000")
         // Fetches return as soon as data arrives on most brokers; a short cap bounds the
         // latency on those that hold a fetch for its whole wait.
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", "5")
         .create_with_context(context)?;
     consumer.subscribe(&[&config.topic])?;
     tracing::info!(topic = %config.topic, group = %config.group, "projector consuming");
