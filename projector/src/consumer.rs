@@ -188,12 +188,7 @@ pub async fn run(
         let mut messages = Vec::with_capacity(chunk.len());
         for result in chunk {
             match result {
-                Ok(message) => messages.push(Incoming {
-                    partition: message.partition(),
-                    offset: message.offset(),
-                    key: message.key().map(<[u8]>::to_vec),
-                    payload: message.payload().map(<[u8]>::to_vec),
-                }),
+                Ok(message) => messages.push(incoming(&message)),
                 Err(error) => tracing::warn!(%error, "consumer error"),
             }
         }
@@ -210,6 +205,16 @@ pub async fn run(
         commit_to_broker(&consumer, &config.topic, &messages);
     }
     Ok(())
+}
+
+/// A message as the projection reads it, copied out of librdkafka's buffer.
+pub(crate) fn incoming(message: &impl Message) -> Incoming {
+    Incoming {
+        partition: message.partition(),
+        offset: message.offset(),
+        key: message.key().map(<[u8]>::to_vec),
+        payload: message.payload().map(<[u8]>::to_vec),
+    }
 }
 
 /// Retries a batch until it commits. `None` when shut down first: nothing of it was committed,

@@ -68,8 +68,11 @@ struct RebuildArgs {
 
 fn projection_name(name: &str) -> Result<&'static catalog::Projection, String> {
     catalog::by_name(name).ok_or_else(|| {
-        let known: Vec<&str> = catalog::ALL.iter().map(|p| p.name).collect();
-        format!("unknown projection; known: {}", known.join(", "))
+        let known: Vec<String> = catalog::ALL
+            .iter()
+            .map(|p| format!("{} ({})", p.name, p.about))
+            .collect();
+        format!("unknown projection; known: {}", known.join("; "))
     })
 }
 

@@ -14,7 +14,7 @@
 //! on where it stopped. A session lock per projection refuses a second rebuild of the same one.
 
 use crate::catalog::{self, Projection, Writes};
-use crate::consumer::apply_with_retry;
+use crate::consumer::{apply_with_retry, incoming};
 use crate::projection::Incoming;
 use crate::store::{self, Subscription, Target};
 use futures::{FutureExt, StreamExt};
@@ -23,7 +23,6 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{Consumer, DefaultConsumerContext, MessageStream, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use sqlx::{Acquire, Connection, PgConnection, PgPool};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -54,6 +53,16 @@ pub struct RebuildConfig {
     /// Longest the live projector is held for the last stretch before the switch; past it the
     /// switch is given up, the live projector released, and tried again later.
     pub switch_timeout: Duration,
+}
+
+impl RebuildConfig {
+    /// The live projector's offsets, the position the rebuild catches up to.
+    fn live_subscription(&self) -> Subscription {
+        Subscription {
+            group: self.live_group.clone(),
+            topic: self.topic.clone(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -216,7 +225,7 @@ pub async fn rebuild(
         if shutdown.is_cancelled() {
             break false;
         }
-        let live = live_offsets(pool, config).await?;
+        let live = live_offsets(pool, config, &partitions).await?;
         replay.check_not_ahead(&live)?;
         meter.show(replay.position(&first), position_of(&live, &first));
         if replay.gap(&live) <= config.batch_size as i64 {
@@ -367,12 +376,7 @@ impl Replay {
                     continue;
                 }
             };
-            let incoming = Incoming {
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message.key().map(<[u8]>::to_vec),
-                payload: message.payload().map(<[u8]>::to_vec),
-            };
+            let incoming = incoming(&message);
             let below = limit.get(&incoming.partition).copied().unwrap_or(0);
             let held = self.held.entry(incoming.partition).or_default();
             if held.is_empty() && incoming.offset < below {
@@ -485,10 +489,7 @@ impl Switch<'_> {
         replay: &mut Replay,
         shutdown: &CancellationToken,
     ) -> Result<Switched, RebuildError> {
-        let live_subscription = Subscription {
-            group: self.config.live_group.clone(),
-            topic: self.config.topic.clone(),
-        };
+        let live_subscription = self.config.live_subscription();
         let mut conn = replay.pool.acquire().await?;
         let mut tx = conn.begin().await?;
         // Neither a long live batch nor a long query on an old table may stall us (and the
@@ -525,6 +526,10 @@ impl Switch<'_> {
                 )
                 .await?;
         }
+        if !self.take_tables(&mut tx, deadline).await? {
+            tracing::info!("the old tables stayed busy; switching later");
+            return Ok(Switched::NotYet);
+        }
         let swapped = self.swap(&mut tx).await;
         if lock_timed_out(&swapped) {
             return Ok(Switched::NotYet);
@@ -532,6 +537,54 @@ impl Switch<'_> {
         let kept = swapped?;
         tx.commit().await?;
         Ok(Switched::Done(kept))
+    }
+
+    /// Locks every old table the swap replaces, all or none, without ever waiting while
+    /// holding one. A reader holds one table and then asks for another (a stats query reads
+    /// several); a switch that waited for the first while holding the second would deadlock
+    /// with it, and the deadlock detector might pick the reader. So each try takes them with
+    /// NOWAIT, and a busy table undoes the try; false when `deadline` passes first.
+    async fn take_tables(
+        &self,
+        tx: &mut PgConnection,
+        deadline: Instant,
+    ) -> Result<bool, sqlx::Error> {
+        let mut tables = Vec::new();
+        for projection in self.names.iter().filter_map(|name| catalog::by_name(name)) {
+            for table in projection.tables {
+                let existing: bool = sqlx::query_scalar("select to_regclass($1) is not null")
+                    .bind(format!("public.{table}"))
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if existing {
+                    tables.push(format!("public.{table}"));
+                }
+            }
+        }
+        if tables.is_empty() {
+            return Ok(true);
+        }
+        let lock = format!(
+            "lock table {} in access exclusive mode nowait",
+            tables.join(", ")
+        );
+        loop {
+            sqlx::raw_sql("savepoint take_tables")
+                .execute(&mut *tx)
+                .await?;
+            let taken = sqlx::raw_sql(&lock).execute(&mut *tx).await;
+            if !lock_timed_out(&taken) {
+                taken?;
+                return Ok(true);
+            }
+            sqlx::raw_sql("rollback to savepoint take_tables")
+                .execute(&mut *tx)
+                .await?;
+            if Instant::now() > deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Moves the rebuilt tables into `public` in place of the old ones (dropped, or moved to a
@@ -695,16 +748,13 @@ async fn staged_offsets(pool: &PgPool, schema: &str, topic: &str) -> Result<Offs
     Ok(rows.into_iter().collect())
 }
 
-async fn live_offsets(pool: &PgPool, config: &RebuildConfig) -> Result<Offsets, sqlx::Error> {
-    let rows: Vec<(i32, i64)> = sqlx::query_as(
-        "select kafka_partition, next_offset from public.consumer_offsets \
-         where consumer_group = $1 and topic = $2",
-    )
-    .bind(&config.live_group)
-    .bind(&config.topic)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().collect())
+async fn live_offsets(
+    pool: &PgPool,
+    config: &RebuildConfig,
+    partitions: &[i32],
+) -> Result<Offsets, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    store::stored_offsets(&mut conn, &config.live_subscription(), partitions).await
 }
 
 /// A consumer of assigned partitions: it joins no group and commits nothing; its position
