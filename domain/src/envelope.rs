@@ -68,7 +68,7 @@ impl EventEnvelope {
         if self.schema_version != SCHEMA_VERSION {
             return Err(DecodeError::SchemaVersion(self.schema_version));
         }
-        let change = DeliveryEvent::from_parts(&self.event_type, self.data.clone())?;
+        let change = DeliveryEvent::from_parts(&self.event_type, &self.data)?;
         Ok(Event {
             delivery_id: self.delivery_id,
             occurred_at: self.occurred_at,

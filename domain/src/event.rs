@@ -96,12 +96,13 @@ impl DeliveryEvent {
     /// Rebuilds an event from its stored type name and information.
     pub fn from_parts(
         event_type: &str,
-        data: serde_json::Value,
+        data: &serde_json::Value,
     ) -> Result<Self, crate::DecodeError> {
+        // Read in place: the projector decodes every event of a replay through here.
         fn parse<T: serde::de::DeserializeOwned>(
-            data: serde_json::Value,
+            data: &serde_json::Value,
         ) -> Result<T, crate::DecodeError> {
-            serde_json::from_value(data).map_err(|e| crate::DecodeError::Data(e.to_string()))
+            T::deserialize(data).map_err(|e| crate::DecodeError::Data(e.to_string()))
         }
         Ok(match event_type {
             Self::CREATED => DeliveryEvent::Created(parse(data)?),

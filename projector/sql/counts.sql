@@ -6,7 +6,6 @@ create table riders (
     completed_deliveries int not null default 0,
     last_event_at timestamptz not null
 );
-create index riders_active on riders (rider_id) where active_deliveries > 0;
 
 create table status_counts (
     status text primary key,

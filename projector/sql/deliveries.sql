@@ -1,6 +1,7 @@
 -- The `deliveries` projection: each delivery's current state, and the bookkeeping the
 -- projector keeps beside it (events parked ahead of a gap, undecodable messages).
 -- Run with search_path set to the schema being built; names are unqualified on purpose.
+-- The read paths' indexes are in deliveries.indexes.sql.
 create table deliveries (
     delivery_id uuid primary key,
     status text not null,
@@ -18,11 +19,6 @@ create table deliveries (
     version bigint not null,
     updated_at timestamptz not null
 );
-create index deliveries_by_created on deliveries (created_at, delivery_id);
-create index deliveries_by_status on deliveries (status, created_at, delivery_id);
-create index deliveries_by_rider on deliveries (rider_id, created_at, delivery_id)
-    where rider_id is not null;
-create index deliveries_by_completed on deliveries (completed_at) where completed_at is not null;
 
 create table parked_events (
     delivery_id uuid not null,

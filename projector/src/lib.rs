@@ -12,6 +12,7 @@
 pub mod audit;
 pub mod catalog;
 pub mod consumer;
+pub mod copy;
 pub mod projection;
 pub mod rebuild;
 pub mod store;

@@ -53,22 +53,27 @@ pub struct HistoryRow {
 impl HistoryRow {
     /// The history row of an event read from `partition` at `offset`.
     pub fn from_envelope(envelope: &EventEnvelope, partition: i32, offset: i64) -> Self {
+        Self::from_owned(envelope.clone(), partition, offset)
+    }
+
+    /// `from_envelope`, taking the envelope's strings and data instead of copying them.
+    pub fn from_owned(envelope: EventEnvelope, partition: i32, offset: i64) -> Self {
         HistoryRow {
             delivery_id: envelope.delivery_id.as_uuid(),
             version: envelope.version,
             event_id: envelope.event_id,
-            event_type: envelope.event_type.clone(),
+            event_type: envelope.event_type,
             schema_version: envelope.schema_version,
             actor_role: envelope.actor.role.as_str().to_owned(),
-            actor_id: envelope.actor.id.clone(),
+            actor_id: envelope.actor.id,
             occurred_at: envelope.occurred_at,
             recorded_at: envelope.recorded_at,
             correlation_id: envelope.correlation_id,
             causation_id: envelope.causation_id,
-            data: envelope.data.clone(),
+            data: envelope.data,
             kafka_partition: partition,
             kafka_offset: offset,
-            hash: envelope.hash.clone(),
+            hash: envelope.hash,
         }
     }
 }
@@ -153,6 +158,14 @@ impl Decoded {
             offset: message.offset,
             fact,
         }
+    }
+
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    pub fn offset(&self) -> i64 {
+        self.offset
     }
 
     pub fn delivery_id(&self) -> Option<DeliveryId> {
@@ -369,11 +382,12 @@ fn apply(plan: &mut Plan, tracked: &mut Tracked, located: Located) {
         tracked.delivery = before;
         return;
     };
-    count_changes(plan, before.state.as_ref(), after, envelope.occurred_at);
+    let occurred_at = envelope.occurred_at;
+    count_changes(plan, before.state.as_ref(), after, occurred_at);
     plan.history
-        .push(HistoryRow::from_envelope(&envelope, partition, offset));
+        .push(HistoryRow::from_owned(envelope, partition, offset));
     tracked.delivery = evolved;
-    tracked.updated_at = Some(envelope.occurred_at);
+    tracked.updated_at = Some(occurred_at);
     tracked.changed = true;
 }
 

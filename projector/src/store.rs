@@ -2,13 +2,14 @@
 //! the consumed offsets beside them.
 
 use crate::catalog::Writes;
+use crate::copy::CopyRows;
 use crate::projection::{
     self, Current, Decoded, DeliveryRow, HistoryRow, Incoming, ParkedEvent, Plan,
 };
 use domain::DeliveryId;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use uuid::Uuid;
 
 /// Which consumer's offsets, on which topic.
@@ -67,6 +68,8 @@ pub async fn apply_batch_to(
     subscription: &Subscription,
     messages: &[Incoming],
 ) -> Result<Applied, sqlx::Error> {
+    // Parsed before the transaction opens: it holds its locks no longer than the SQL needs.
+    let decoded: Vec<Decoded> = messages.iter().map(Decoded::new).collect();
     let mut tx = pool.begin().await?;
     // One round trip for both settings. The offsets commit with the rows they caused: a commit
     // lost in a database crash loses both, and the batch is read again. So the commit need not
@@ -100,14 +103,13 @@ pub async fn apply_batch_to(
         Target::Staging { writes, .. } => *writes,
     };
     let stored = stored_offsets(&mut tx, subscription, &partitions).await?;
-    let fresh: Vec<Decoded> = messages
-        .iter()
+    let fresh: Vec<Decoded> = decoded
+        .into_iter()
         .filter(|m| {
             stored
-                .get(&m.partition)
-                .is_none_or(|next| m.offset >= *next)
+                .get(&m.partition())
+                .is_none_or(|next| m.offset() >= *next)
         })
-        .map(Decoded::new)
         .collect();
     let already_consumed = messages.len() - fresh.len();
     if fresh.is_empty() {
@@ -126,8 +128,28 @@ pub async fn apply_batch_to(
     ids.sort_unstable();
     ids.dedup();
     let current = load_current(&mut tx, &ids).await?;
+    let existing: HashSet<DeliveryId> = current.rows.keys().copied().collect();
     let plan = projection::plan_decoded(current, fresh);
-    write(&mut tx, subscription, writes, &plan).await?;
+    match target {
+        Target::Live => {
+            let rows: Vec<&DeliveryRow> = plan.deliveries.iter().collect();
+            write(&mut tx, subscription, writes, &plan, &rows).await?;
+        }
+        // A rebuild's tables are written by it alone, a partition's batches one after the
+        // other, and its plan applies each version once: rows it adds cannot be there yet, so
+        // they are copied in, without the conflict checks of the live upserts.
+        Target::Staging { .. } => {
+            copy_in(&mut tx, writes, &plan, &existing).await?;
+            let rows: Vec<&DeliveryRow> = (plan.deliveries.iter())
+                .filter(|row| existing.contains(&row.state.delivery_id))
+                .collect();
+            let rest = Writes {
+                history: false,
+                ..writes
+            };
+            write(&mut tx, subscription, rest, &plan, &rows).await?;
+        }
+    }
     if *target == Target::Live {
         // Wakes read-your-writes waiters in the query API once this commits, telling them
         // which deliveries reached which version.
@@ -228,30 +250,15 @@ async fn load_current(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Current, 
     })
 }
 
-/// Many rows per statement: each table gets one statement per batch, fed as a JSON array.
+/// Many rows per statement: each table gets one statement per batch, fed as arrays.
 async fn write(
     conn: &mut PgConnection,
     subscription: &Subscription,
     writes: Writes,
     plan: &Plan,
+    deliveries: &[&DeliveryRow],
 ) -> Result<(), sqlx::Error> {
-    if !plan.deliveries.is_empty() {
-        sqlx::query(
-            "insert into deliveries select * from jsonb_populate_recordset(null::deliveries, $1) \
-             on conflict (delivery_id) do update set
-                 status = excluded.status, order_ref = excluded.order_ref,
-                 customer_id = excluded.customer_id, pickup = excluded.pickup,
-                 dropoff = excluded.dropoff, rider_id = excluded.rider_id,
-                 cancel_reason = excluded.cancel_reason, created_at = excluded.created_at,
-                 assigned_at = excluded.assigned_at, picked_up_at = excluded.picked_up_at,
-                 completed_at = excluded.completed_at, cancelled_at = excluded.cancelled_at,
-                 version = excluded.version, updated_at = excluded.updated_at
-             where deliveries.version < excluded.version",
-        )
-        .bind(Json(&plan.deliveries))
-        .execute(&mut *conn)
-        .await?;
-    }
+    upsert_deliveries(conn, deliveries).await?;
     if writes.history && !plan.history.is_empty() {
         write_history(conn, &plan.history).await?;
     }
@@ -358,6 +365,153 @@ async fn write(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// Inserts or advances `rows` (a delivery's row only ever moves to a higher version).
+async fn upsert_deliveries(
+    conn: &mut PgConnection,
+    rows: &[&DeliveryRow],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let states = || rows.iter().map(|row| &row.state);
+    sqlx::query(
+        "insert into deliveries (delivery_id, status, order_ref, customer_id, pickup, dropoff,
+             rider_id, cancel_reason, created_at, assigned_at, picked_up_at, completed_at,
+             cancelled_at, version, updated_at)
+         select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
+             $6::jsonb[], $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[],
+             $11::timestamptz[], $12::timestamptz[], $13::timestamptz[], $14::bigint[],
+             $15::timestamptz[])
+         on conflict (delivery_id) do update set
+             status = excluded.status, order_ref = excluded.order_ref,
+             customer_id = excluded.customer_id, pickup = excluded.pickup,
+             dropoff = excluded.dropoff, rider_id = excluded.rider_id,
+             cancel_reason = excluded.cancel_reason, created_at = excluded.created_at,
+             assigned_at = excluded.assigned_at, picked_up_at = excluded.picked_up_at,
+             completed_at = excluded.completed_at, cancelled_at = excluded.cancelled_at,
+             version = excluded.version, updated_at = excluded.updated_at
+         where deliveries.version < excluded.version",
+    )
+    .bind(
+        states()
+            .map(|s| s.delivery_id.as_uuid())
+            .collect::<Vec<_>>(),
+    )
+    .bind(states().map(|s| s.status.as_str()).collect::<Vec<_>>())
+    .bind(states().map(|s| s.order_ref.as_str()).collect::<Vec<_>>())
+    .bind(states().map(|s| s.customer_id.as_str()).collect::<Vec<_>>())
+    .bind(states().map(|s| Json(&s.pickup)).collect::<Vec<_>>())
+    .bind(states().map(|s| Json(&s.dropoff)).collect::<Vec<_>>())
+    .bind(
+        states()
+            .map(|s| s.rider_id.as_ref().map(|r| r.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        states()
+            .map(|s| s.cancel_reason.as_ref().map(|r| r.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(states().map(|s| s.created_at).collect::<Vec<_>>())
+    .bind(states().map(|s| s.assigned_at).collect::<Vec<_>>())
+    .bind(states().map(|s| s.picked_up_at).collect::<Vec<_>>())
+    .bind(states().map(|s| s.completed_at).collect::<Vec<_>>())
+    .bind(states().map(|s| s.cancelled_at).collect::<Vec<_>>())
+    .bind(rows.iter().map(|row| row.version).collect::<Vec<_>>())
+    .bind(rows.iter().map(|row| row.updated_at).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A rebuild's new rows: the deliveries its working copy did not have yet, and the history.
+async fn copy_in(
+    conn: &mut PgConnection,
+    writes: Writes,
+    plan: &Plan,
+    existing: &HashSet<DeliveryId>,
+) -> Result<(), sqlx::Error> {
+    let mut deliveries = CopyRows::new();
+    for row in &plan.deliveries {
+        let s = &row.state;
+        if existing.contains(&s.delivery_id) {
+            continue;
+        }
+        deliveries
+            .row(15)
+            .uuid(s.delivery_id.as_uuid())
+            .text(s.status.as_str())
+            .text(s.order_ref.as_str())
+            .text(s.customer_id.as_str())
+            .jsonb(&s.pickup)
+            .map_err(encode_error)?
+            .jsonb(&s.dropoff)
+            .map_err(encode_error)?
+            .text_or_null(s.rider_id.as_ref().map(|r| r.as_str()))
+            .text_or_null(s.cancel_reason.as_ref().map(|r| r.as_str()))
+            .timestamptz(s.created_at)
+            .timestamptz_or_null(s.assigned_at)
+            .timestamptz_or_null(s.picked_up_at)
+            .timestamptz_or_null(s.completed_at)
+            .timestamptz_or_null(s.cancelled_at)
+            .int8(row.version)
+            .timestamptz(row.updated_at);
+    }
+    if deliveries.rows() > 0 {
+        copy(
+            conn,
+            "copy deliveries (delivery_id, status, order_ref, customer_id, pickup, dropoff,
+                 rider_id, cancel_reason, created_at, assigned_at, picked_up_at, completed_at,
+                 cancelled_at, version, updated_at) from stdin (format binary)",
+            deliveries,
+        )
+        .await?;
+    }
+    if !writes.history || plan.history.is_empty() {
+        return Ok(());
+    }
+    let mut history = CopyRows::new();
+    for r in &plan.history {
+        history
+            .row(15)
+            .uuid(r.delivery_id)
+            .int8(r.version)
+            .uuid(r.event_id)
+            .text(&r.event_type)
+            .int4(r.schema_version)
+            .text(&r.actor_role)
+            .text(&r.actor_id)
+            .timestamptz(r.occurred_at)
+            .timestamptz(r.recorded_at)
+            .uuid(r.correlation_id)
+            .uuid(r.causation_id)
+            .jsonb(&r.data)
+            .map_err(encode_error)?
+            .int4(r.kafka_partition)
+            .int8(r.kafka_offset)
+            .text_or_null(r.hash.as_deref());
+    }
+    copy(
+        conn,
+        "copy delivery_history (delivery_id, version, event_id, event_type, schema_version,
+             actor_role, actor_id, occurred_at, recorded_at, correlation_id, causation_id, data,
+             kafka_partition, kafka_offset, hash) from stdin (format binary)",
+        history,
+    )
+    .await
+}
+
+async fn copy(conn: &mut PgConnection, statement: &str, rows: CopyRows) -> Result<(), sqlx::Error> {
+    let mut copy = conn.copy_in_raw(statement).await?;
+    copy.send(rows.finish()).await?;
+    copy.finish().await?;
+    Ok(())
+}
+
+fn encode_error(error: serde_json::Error) -> sqlx::Error {
+    sqlx::Error::Encode(Box::new(error))
 }
 
 /// History rows as one array per column: Postgres decodes binary arrays much faster than it

@@ -229,6 +229,27 @@ impl Setup {
         .expect("read model query")
     }
 
+    /// The indexes and constraints of every projection's tables in `public`.
+    async fn table_shapes(&self) -> Value {
+        let tables: Vec<&str> = catalog::ALL
+            .iter()
+            .flat_map(|p| p.tables.iter().copied())
+            .collect();
+        sqlx::query_scalar(
+            "select jsonb_build_object(
+                'indexes', (select jsonb_agg(indexdef order by indexname) from pg_indexes
+                            where schemaname = 'public' and tablename = any($1)),
+                'constraints', (select jsonb_agg(conrelid::regclass || ' ' || conname || ': '
+                                    || pg_get_constraintdef(oid) order by conrelid::regclass::text, conname)
+                                from pg_constraint where conrelid in (
+                                    select ('public.' || t)::regclass from unnest($1::text[]) t)))",
+        )
+        .bind(&tables)
+        .fetch_one(&self.pool)
+        .await
+        .expect("table shapes query")
+    }
+
     async fn counts(&self) -> (Value, Value) {
         sqlx::query_as(
             "select (select jsonb_object_agg(status, deliveries) from status_counts),
@@ -273,12 +294,15 @@ async fn a_damaged_read_model_is_rebuilt_to_exactly_what_the_live_projector_buil
     setup.live_applied(10 + 20 + 40 + 30 + 1).await;
     let built = setup.read_model().await;
     assert_eq!(built["poison"].as_array().map(Vec::len), Some(1));
+    let migrated = setup.table_shapes().await;
 
     setup.execute(DAMAGE).await;
     assert_ne!(setup.read_model().await, built);
     let report = setup.rebuild(&setup.config(&catalog::ALL)).await;
 
     assert_eq!(setup.read_model().await, built, "{report}");
+    // The indexes a rebuild builds once at the end are all there, as the migrations made them.
+    assert_eq!(setup.table_shapes().await, migrated);
     assert_eq!(report.applied, 101);
     assert_eq!(report.resumed_at, 0);
     assert!(setup.schemas("rebuild_").await.is_empty());

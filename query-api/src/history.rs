@@ -76,7 +76,7 @@ impl HistoryRow {
                 self.actor_role
             ))
         })?;
-        let change = DeliveryEvent::from_parts(&self.event_type, self.data).map_err(internal)?;
+        let change = DeliveryEvent::from_parts(&self.event_type, &self.data).map_err(internal)?;
         Ok(Event {
             delivery_id: DeliveryId::from_uuid(self.delivery_id),
             occurred_at: self.occurred_at,
