@@ -481,6 +481,64 @@ async fn an_interrupted_rebuild_resumes_where_it_stopped(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "migrations::READ")]
+async fn a_rebuild_interrupted_after_building_its_indexes_resumes_without_building_them_again(
+    pool: PgPool,
+) {
+    let setup = Setup::new(pool).await;
+    let live = setup.live_projector();
+    setup.publish(&deliveries(0..20)).await;
+    setup.live_applied(5 * 10).await;
+    live.stop().await;
+    let built = setup.read_model().await;
+    let migrated = setup.table_shapes().await;
+    setup.execute(DAMAGE).await;
+
+    // Holding the live projector's partition locks keeps the switch from happening, so the
+    // rebuild catches up, builds its indexes, and then waits to switch.
+    let mut holder = setup.pool.begin().await.expect("tx");
+    let live_offsets = projector::Subscription {
+        group: LIVE_GROUP.into(),
+        topic: TOPIC.into(),
+    };
+    projector::store::lock_partitions(&mut holder, &live_offsets, &[0, 1, 2])
+        .await
+        .expect("live partitions locked");
+    let config = setup.config(&catalog::ALL);
+    let shutdown = CancellationToken::new();
+    let interrupted = {
+        let running = rebuild(&setup.pool, &config, &shutdown);
+        let interrupt = async {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let indexed: Option<i32> = sqlx::query_scalar(
+                    "select cardinality(indexed) \
+                     from rebuild_counts_deliveries_history.rebuild_info",
+                )
+                .fetch_one(&setup.pool)
+                .await
+                .unwrap_or(None);
+                if indexed == Some(3) {
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "no indexes built");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            shutdown.cancel();
+        };
+        tokio::join!(running, interrupt)
+            .0
+            .expect("the rebuild runs")
+    };
+    assert!(!interrupted.switched, "{interrupted}");
+    holder.rollback().await.expect("locks released");
+
+    let resumed = setup.rebuild(&config).await;
+    assert_eq!(resumed.resumed_at, 5 * 10, "{resumed}");
+    assert_eq!(setup.read_model().await, built);
+    assert_eq!(setup.table_shapes().await, migrated);
+}
+
+#[sqlx::test(migrator = "migrations::READ")]
 async fn a_second_rebuild_of_the_same_projection_is_refused(pool: PgPool) {
     let setup = Setup::new(pool).await;
     let live = setup.live_projector();
