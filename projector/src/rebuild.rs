@@ -203,6 +203,7 @@ pub async fn rebuild(
         busy: BTreeSet::new(),
         lanes: config.lanes.max(1),
         batch_size: config.batch_size.max(1),
+        turn: 0,
         applied: 0,
         batches: 0,
     };
@@ -341,6 +342,8 @@ struct Replay {
     busy: BTreeSet<i32>,
     lanes: usize,
     batch_size: usize,
+    /// Where the next step starts reading, in turn over the partitions.
+    turn: usize,
     applied: u64,
     batches: u64,
 }
@@ -465,8 +468,7 @@ impl Replay {
         shutdown: &CancellationToken,
     ) -> Result<(), RebuildError> {
         self.launch(limit, shutdown);
-        // Bounds what is read ahead: two batches per lane that are ready to apply.
-        let reading = self.ready(limit) < 2 * self.batch_size * self.lanes;
+        let reading = self.ready(limit) < self.read_ahead();
         let wanted: Vec<bool> = readers
             .iter()
             .map(|r| reading && self.wants(r.partition, limit))
@@ -505,9 +507,13 @@ impl Replay {
         while let Some(Some(done)) = self.running.next().now_or_never() {
             self.finished(done)?;
         }
+        // Each step starts the greedy read at the next partition, so none waits behind others.
         let mut ready = self.ready(limit);
-        for reader in readers.iter_mut() {
-            while ready < 2 * self.batch_size * self.lanes && self.wants(reader.partition, limit) {
+        let count = readers.len();
+        self.turn = (self.turn + 1) % count.max(1);
+        for at in 0..count {
+            let reader = &mut readers[(self.turn + at) % count];
+            while ready < self.read_ahead() && self.wants(reader.partition, limit) {
                 match reader.stream.next().now_or_never() {
                     Some(Some(Ok(message))) => {
                         ready += 1;
@@ -520,6 +526,11 @@ impl Replay {
         }
         self.launch(limit, shutdown);
         Ok(())
+    }
+
+    /// Most messages ready to apply that are read ahead: two batches per lane.
+    fn read_ahead(&self) -> usize {
+        2 * self.batch_size * self.lanes
     }
 
     fn take(&mut self, message: Incoming) {

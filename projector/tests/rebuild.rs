@@ -156,6 +156,24 @@ impl Setup {
         report
     }
 
+    /// Runs a rebuild and interrupts it once `ready` completes, before it could switch.
+    async fn rebuild_interrupted(
+        &self,
+        config: &RebuildConfig,
+        ready: impl std::future::Future<Output = ()>,
+    ) -> RebuildReport {
+        let shutdown = CancellationToken::new();
+        let interrupt = async {
+            ready.await;
+            shutdown.cancel();
+        };
+        let report = tokio::join!(rebuild(&self.pool, config, &shutdown), interrupt)
+            .0
+            .expect("the rebuild runs");
+        assert!(!report.switched, "{report}");
+        report
+    }
+
     /// Waits until the live projector has stored offsets covering `messages` messages.
     async fn live_applied(&self, messages: i64) {
         self.offsets_reach("public", LIVE_GROUP, messages).await;
@@ -449,24 +467,12 @@ async fn an_interrupted_rebuild_resumes_where_it_stopped(pool: PgPool) {
 
     let mut config = setup.config(&catalog::ALL);
     config.batch_size = 2;
-    let shutdown = CancellationToken::new();
-    let interrupted = {
-        let running = rebuild(&setup.pool, &config, &shutdown);
-        let interrupt = async {
-            setup
-                .offsets_reach(
-                    "rebuild_counts_deliveries_history",
-                    "rebuild/rebuild_counts_deliveries_history",
-                    20,
-                )
-                .await;
-            shutdown.cancel();
-        };
-        tokio::join!(running, interrupt)
-            .0
-            .expect("the rebuild runs")
-    };
-    assert!(!interrupted.switched, "{interrupted}");
+    let twenty_applied = setup.offsets_reach(
+        "rebuild_counts_deliveries_history",
+        "rebuild/rebuild_counts_deliveries_history",
+        20,
+    );
+    let interrupted = setup.rebuild_interrupted(&config, twenty_applied).await;
     assert_eq!(setup.read_model().await, damaged, "nothing switched");
     assert_eq!(
         setup.schemas("rebuild_").await,
@@ -504,32 +510,23 @@ async fn a_rebuild_interrupted_after_building_its_indexes_resumes_without_buildi
         .await
         .expect("live partitions locked");
     let config = setup.config(&catalog::ALL);
-    let shutdown = CancellationToken::new();
-    let interrupted = {
-        let running = rebuild(&setup.pool, &config, &shutdown);
-        let interrupt = async {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            loop {
-                let indexed: Option<i32> = sqlx::query_scalar(
-                    "select cardinality(indexed) \
-                     from rebuild_counts_deliveries_history.rebuild_info",
-                )
-                .fetch_one(&setup.pool)
-                .await
-                .unwrap_or(None);
-                if indexed == Some(3) {
-                    break;
-                }
-                assert!(tokio::time::Instant::now() < deadline, "no indexes built");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+    let indexes_built = async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let indexed: Option<i32> = sqlx::query_scalar(
+                "select cardinality(indexed) from rebuild_counts_deliveries_history.rebuild_info",
+            )
+            .fetch_one(&setup.pool)
+            .await
+            .unwrap_or(None);
+            if indexed == Some(3) {
+                return;
             }
-            shutdown.cancel();
-        };
-        tokio::join!(running, interrupt)
-            .0
-            .expect("the rebuild runs")
+            assert!(tokio::time::Instant::now() < deadline, "no indexes built");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     };
-    assert!(!interrupted.switched, "{interrupted}");
+    setup.rebuild_interrupted(&config, indexes_built).await;
     holder.rollback().await.expect("locks released");
 
     let resumed = setup.rebuild(&config).await;
