@@ -47,8 +47,8 @@ pub struct RebuildConfig {
     pub from_scratch: bool,
     /// Most messages applied in one transaction.
     pub batch_size: usize,
-    /// Transactions applied at once, each with partitions of its own; a step reads up to
-    /// `batch_size * lanes` messages.
+    /// Transactions applied at once, each with partitions of its own; up to two batches per
+    /// lane are read ahead.
     pub lanes: usize,
     /// Draw a progress bar on stderr (when it is a terminal).
     pub progress_bar: bool,
@@ -393,10 +393,7 @@ impl Replay {
     fn ready(&self, limit: &Offsets) -> usize {
         self.pending
             .iter()
-            .map(|(partition, pending)| {
-                let below = limit.get(partition).copied().unwrap_or(0);
-                pending.iter().take_while(|m| m.offset < below).count()
-            })
+            .map(|(&partition, pending)| ready_in(partition, pending, limit))
             .sum()
     }
 
@@ -408,13 +405,7 @@ impl Replay {
                 .pending
                 .iter()
                 .filter(|(partition, _)| !self.busy.contains(partition))
-                .map(|(&partition, pending)| {
-                    let below = limit.get(&partition).copied().unwrap_or(0);
-                    (
-                        pending.iter().take_while(|m| m.offset < below).count(),
-                        partition,
-                    )
-                })
+                .map(|(&partition, pending)| (ready_in(partition, pending, limit), partition))
                 .filter(|(ready, _)| *ready > 0)
                 .collect();
             if candidates.is_empty() {
@@ -570,6 +561,12 @@ impl Replay {
         }
         outcome
     }
+}
+
+/// The messages at the head of `partition`'s pending queue that are below the live position.
+fn ready_in(partition: i32, pending: &VecDeque<Incoming>, limit: &Offsets) -> usize {
+    let below = limit.get(&partition).copied().unwrap_or(0);
+    pending.iter().take_while(|m| m.offset < below).count()
 }
 
 /// The last stretch and the swap, with the live projector held between two batches.

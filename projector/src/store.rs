@@ -128,7 +128,11 @@ pub async fn apply_batch_to(
     ids.sort_unstable();
     ids.dedup();
     let current = load_current(&mut tx, &ids).await?;
-    let existing: HashSet<DeliveryId> = current.rows.keys().copied().collect();
+    // Which deliveries the staging tables already hold (only a rebuild copies rows in).
+    let existing: HashSet<DeliveryId> = match target {
+        Target::Live => HashSet::new(),
+        Target::Staging { .. } => current.rows.keys().copied().collect(),
+    };
     let plan = projection::plan_decoded(current, fresh);
     match target {
         Target::Live => {
@@ -367,6 +371,15 @@ async fn write(
     Ok(())
 }
 
+/// The columns the writes of `deliveries` and `delivery_history` fill, in the order both
+/// the array and the COPY writes send them.
+const DELIVERY_COLUMNS: &str = "delivery_id, status, order_ref, customer_id, pickup, dropoff, \
+    rider_id, cancel_reason, created_at, assigned_at, picked_up_at, completed_at, cancelled_at, \
+    version, updated_at";
+const HISTORY_COLUMNS: &str = "delivery_id, version, event_id, event_type, schema_version, \
+    actor_role, actor_id, occurred_at, recorded_at, correlation_id, causation_id, data, \
+    kafka_partition, kafka_offset, hash";
+
 /// Inserts or advances `rows` (a delivery's row only ever moves to a higher version).
 async fn upsert_deliveries(
     conn: &mut PgConnection,
@@ -376,10 +389,8 @@ async fn upsert_deliveries(
         return Ok(());
     }
     let states = || rows.iter().map(|row| &row.state);
-    sqlx::query(
-        "insert into deliveries (delivery_id, status, order_ref, customer_id, pickup, dropoff,
-             rider_id, cancel_reason, created_at, assigned_at, picked_up_at, completed_at,
-             cancelled_at, version, updated_at)
+    sqlx::query(&format!(
+        "insert into deliveries ({DELIVERY_COLUMNS})
          select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
              $6::jsonb[], $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[],
              $11::timestamptz[], $12::timestamptz[], $13::timestamptz[], $14::bigint[],
@@ -392,8 +403,8 @@ async fn upsert_deliveries(
              assigned_at = excluded.assigned_at, picked_up_at = excluded.picked_up_at,
              completed_at = excluded.completed_at, cancelled_at = excluded.cancelled_at,
              version = excluded.version, updated_at = excluded.updated_at
-         where deliveries.version < excluded.version",
-    )
+         where deliveries.version < excluded.version"
+    ))
     .bind(
         states()
             .map(|s| s.delivery_id.as_uuid())
@@ -462,9 +473,7 @@ async fn copy_in(
     if deliveries.rows() > 0 {
         copy(
             conn,
-            "copy deliveries (delivery_id, status, order_ref, customer_id, pickup, dropoff,
-                 rider_id, cancel_reason, created_at, assigned_at, picked_up_at, completed_at,
-                 cancelled_at, version, updated_at) from stdin (format binary)",
+            &format!("copy deliveries ({DELIVERY_COLUMNS}) from stdin (format binary)"),
             deliveries,
         )
         .await?;
@@ -495,9 +504,7 @@ async fn copy_in(
     }
     copy(
         conn,
-        "copy delivery_history (delivery_id, version, event_id, event_type, schema_version,
-             actor_role, actor_id, occurred_at, recorded_at, correlation_id, causation_id, data,
-             kafka_partition, kafka_offset, hash) from stdin (format binary)",
+        &format!("copy delivery_history ({HISTORY_COLUMNS}) from stdin (format binary)"),
         history,
     )
     .await
@@ -519,15 +526,13 @@ fn encode_error(error: serde_json::Error) -> sqlx::Error {
 async fn write_history(conn: &mut PgConnection, rows: &[HistoryRow]) -> Result<(), sqlx::Error> {
     let column = |f: fn(&HistoryRow) -> Uuid| rows.iter().map(f).collect::<Vec<_>>();
     let texts = |f: fn(&HistoryRow) -> &str| rows.iter().map(f).collect::<Vec<_>>();
-    sqlx::query(
-        "insert into delivery_history (delivery_id, version, event_id, event_type,
-             schema_version, actor_role, actor_id, occurred_at, recorded_at, correlation_id,
-             causation_id, data, kafka_partition, kafka_offset, hash)
+    sqlx::query(&format!(
+        "insert into delivery_history ({HISTORY_COLUMNS})
          select * from unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::int[],
              $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[], $10::uuid[],
              $11::uuid[], $12::jsonb[], $13::int[], $14::bigint[], $15::text[])
-         on conflict do nothing",
-    )
+         on conflict do nothing"
+    ))
     .bind(column(|r| r.delivery_id))
     .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
     .bind(column(|r| r.event_id))
