@@ -145,7 +145,8 @@ pub async fn run(database_url: &str, config: ServeConfig) -> anyhow::Result<()> 
 /// Deletes expired idempotency keys every `every`, for as long as the process serves. A
 /// failure (the database restarting) is logged and the next round tries again.
 async fn clean_up_keys(pool: PgPool, ttl: Duration, every: Duration, batch: i64) {
-    let mut ticks = tokio::time::interval(every);
+    // `interval` refuses a zero period; the flag's range already does, this keeps it total.
+    let mut ticks = tokio::time::interval(every.max(Duration::from_secs(1)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
