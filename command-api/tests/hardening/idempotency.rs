@@ -220,8 +220,8 @@ async fn a_database_failure_does_not_poison_the_key(
     pool_options: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    // Statements give up after 100 ms: long enough for a command, short against a held lock.
-    let timed = command_api::serve::connect_options(connect.clone(), Duration::from_millis(100));
+    // Statements give up after a second: plenty for a command, short against a held lock.
+    let timed = command_api::serve::connect_options(connect.clone(), Duration::from_secs(1));
     let pool = pool_options.connect_with(timed).await.expect("pool");
     let holder = PgPool::connect_with(connect).await.expect("lock holder");
     let app = test_app(pool.clone(), Limits::default());

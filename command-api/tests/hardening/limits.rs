@@ -74,6 +74,8 @@ async fn a_command_past_the_request_timeout_gets_a_problem_and_leaves_its_key_fr
     assert_unavailable(&timed_out, "request-timeout");
     lock.rollback().await.expect("release");
 
+    // The retry goes through an app with the default bound: only the key's state matters.
+    let app = test_app(pool.clone(), Limits::default());
     let retried = send(&app, "/deliveries", DISPATCHER, Some(&body), &key).await;
     assert_eq!(
         (retried.status, retried.replayed),

@@ -39,7 +39,7 @@ async fn an_exhausted_pool_gets_503_with_retry_after(
     _pool_options: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let pool = pool_options(1, Duration::from_millis(100))
+    let pool = pool_options(1, Duration::from_millis(500))
         .connect_with(connect)
         .await
         .expect("pool");
