@@ -211,7 +211,10 @@ impl IntoResponse for ApiError {
             ApiError::DatabaseUnavailable(cause) | ApiError::DatabaseBusy(cause) => {
                 tracing::warn!(error = %cause, code = self.code(), "command not served");
             }
-            ApiError::Overloaded | ApiError::RequestTimeout => {
+            // Shedding is the bound working, and can happen thousands of times a second:
+            // a warning each would flood the log exactly when the process is busiest.
+            ApiError::Overloaded => tracing::debug!(code = self.code(), "command shed"),
+            ApiError::RequestTimeout => {
                 tracing::warn!(code = self.code(), "command not served");
             }
             _ => {}
