@@ -58,7 +58,10 @@ pub fn app_with_bounds(state: AppState, bounds: HttpBounds) -> Router {
         // After every route: it applies to the routes registered so far. axum still adds the
         // `Allow` header naming the methods the path has.
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(TraceLayer::new_for_http())
+        // `ApiError` logs the 5xx worth logging, once (internal at error, an unavailable
+        // database at warn); the layer would log every 503 again at error, a line per shed
+        // request when a crowd is being shed.
+        .layer(TraceLayer::new_for_http().on_failure(()))
         .with_state(state)
 }
 
