@@ -82,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Cmd::Serve(config) => serve(pool, config).await,
         Cmd::Relay(args) => {
-            let producer = relay::producer(&args.brokers).context("creating the Kafka producer")?;
+            let producers = relay::ProducerSettings::new(&args.brokers);
             let shutdown = tokio_util::sync::CancellationToken::new();
             let cancel = shutdown.clone();
             tokio::spawn(async move {
@@ -94,9 +94,10 @@ async fn main() -> anyhow::Result<()> {
                 batch_size: args.batch_size,
                 poll_interval: std::time::Duration::from_millis(args.poll_ms),
             };
-            relay::run(pool, producer, config, shutdown)
+            // Returns only on shutdown: database and broker failures are healed inside.
+            relay::run(pool, producers, config, shutdown)
                 .await
-                .context("relaying the outbox")
+                .context("creating the Kafka producer")
         }
     }
 }
