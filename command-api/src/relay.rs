@@ -11,11 +11,17 @@
 //!   lock, waits (`Pause`: long enough for a healthy standby to take over first, doubling while
 //!   failures repeat, capped), and becomes a standby again. Whoever leads next starts from the
 //!   first unpublished row, so order is kept and nothing is skipped.
-//! - **Fatal producer error** (librdkafka's idempotent producer lost track of its sequence
-//!   numbers and will never deliver again): the relay drops that producer, steps down as above
-//!   and builds a new one before it leads again.
-//! - **Any other broker error** (broker down or restarting, a message timed out): the leader
-//!   keeps the lock and retries the same rows with a capped backoff; librdkafka reconnects.
+//! - **A producer that cannot deliver**: librdkafka declared it fatally failed (its idempotent
+//!   producer lost track of its sequence numbers and will never deliver again), or a message
+//!   timed out (`message.timeout.ms` passed without the broker taking it, whatever the
+//!   producer is stuck on: a broker that restarted empty and no longer knows its producer id
+//!   makes librdkafka bump its epoch and retry forever). The leader drops that producer, builds
+//!   a new one (new connections, a new producer id) and publishes again from the first
+//!   unpublished row. Every message of a round was awaited, so none of the old producer's is
+//!   still queued behind the new one's.
+//! - **Any other broker error** (broker down or restarting, a full local queue): the leader
+//!   keeps the lock and its producer and retries the same rows with a capped backoff;
+//!   librdkafka reconnects by itself.
 
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -90,7 +96,7 @@ pub enum RelayError {
 pub enum Recovery {
     /// Keep leading and publish the same rows again after a backoff.
     Retry,
-    /// The producer will never deliver again: drop it, step down, lead again with a new one.
+    /// The producer will not deliver: publish again with a new one.
     ReplaceProducer,
     /// Drop the database connections (and with them the lock), then compete again.
     StepDown,
@@ -102,10 +108,12 @@ pub fn recovery(error: &RelayError, fatal: Option<RDKafkaErrorCode>) -> Recovery
     match error {
         RelayError::Database(_) => Recovery::StepDown,
         RelayError::Kafka(_) if fatal.is_some() => Recovery::ReplaceProducer,
-        RelayError::Kafka(error) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
-            Recovery::ReplaceProducer
-        }
-        RelayError::Kafka(_) => Recovery::Retry,
+        RelayError::Kafka(error) => match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::Fatal | RDKafkaErrorCode::MessageTimedOut) => {
+                Recovery::ReplaceProducer
+            }
+            _ => Recovery::Retry,
+        },
     }
 }
 
@@ -121,12 +129,22 @@ pub async fn try_become_leader(conn: &mut PgConnection) -> Result<bool, sqlx::Er
 /// Why a relay stopped leading (or standing by) before shutdown.
 enum StepDown {
     Database(sqlx::Error),
-    Producer(String),
+    /// A new producer could not be built.
+    Kafka(KafkaError),
 }
 
 impl From<sqlx::Error> for StepDown {
     fn from(error: sqlx::Error) -> Self {
         StepDown::Database(error)
+    }
+}
+
+impl From<RelayError> for StepDown {
+    fn from(error: RelayError) -> Self {
+        match error {
+            RelayError::Database(error) => StepDown::Database(error),
+            RelayError::Kafka(error) => StepDown::Kafka(error),
+        }
     }
 }
 
@@ -169,31 +187,25 @@ pub async fn run(
     config: RelayConfig,
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
-    let mut producer = Some(producers.create()?);
+    let mut producer = producers.create()?;
     // A relay that stepped down waits longer than a standby's poll: a healthy standby leads next.
     let mut pause = Pause::new(STANDBY_POLL + STANDBY_POLL / 2);
     loop {
-        let current = match producer.take() {
-            Some(current) => current,
-            None => match producers.create() {
-                Ok(created) => created,
-                Err(error) => {
-                    tracing::error!(%error, "cannot build a new Kafka producer");
-                    if wait_or_shutdown(pause.take(), &shutdown).await {
-                        return Ok(());
-                    }
-                    continue;
-                }
-            },
-        };
-        match lead(&pool, &current, &config, &shutdown, &mut pause).await {
+        let term = lead(
+            &pool,
+            &producers,
+            &mut producer,
+            &config,
+            &shutdown,
+            &mut pause,
+        );
+        match term.await {
             Ok(()) => return Ok(()),
             Err(StepDown::Database(error)) => {
                 tracing::warn!(%error, "the write database failed: stepping down");
-                producer = Some(current);
             }
-            Err(StepDown::Producer(reason)) => {
-                tracing::error!(%reason, "the Kafka producer failed for good: replacing it and stepping down");
+            Err(StepDown::Kafka(error)) => {
+                tracing::error!(%error, "Kafka failed: stepping down");
             }
         }
         let wait = pause.take();
@@ -208,7 +220,8 @@ pub async fn run(
 /// failure that needs stepping down. Dropping the lock connection on return releases the lock.
 async fn lead(
     pool: &PgPool,
-    producer: &FutureProducer,
+    producers: &ProducerSettings,
+    producer: &mut FutureProducer,
     config: &RelayConfig,
     shutdown: &CancellationToken,
     pause: &mut Pause,
@@ -251,12 +264,10 @@ async fn lead(
             }
             Recovery::ReplaceProducer => {
                 let reason = fatal.map_or_else(|| error.to_string(), |(_, reason)| reason);
-                return Err(StepDown::Producer(reason));
+                tracing::warn!(%reason, "the Kafka producer cannot deliver: replacing it");
+                *producer = producers.create().map_err(StepDown::Kafka)?;
             }
-            Recovery::StepDown => match error {
-                RelayError::Database(error) => return Err(StepDown::Database(error)),
-                RelayError::Kafka(error) => return Err(StepDown::Producer(error.to_string())),
-            },
+            Recovery::StepDown => return Err(error.into()),
         }
     }
     Ok(())
@@ -361,7 +372,6 @@ mod tests {
     #[test]
     fn a_broker_outage_is_retried_with_the_same_producer() {
         for code in [
-            RDKafkaErrorCode::MessageTimedOut,
             RDKafkaErrorCode::AllBrokersDown,
             RDKafkaErrorCode::QueueFull,
             RDKafkaErrorCode::UnknownTopicOrPartition,
@@ -383,6 +393,14 @@ mod tests {
         // The message's own code says so even before the client reports its fatal error.
         assert_eq!(
             recovery(&kafka(RDKafkaErrorCode::Fatal), None),
+            Recovery::ReplaceProducer
+        );
+    }
+
+    #[test]
+    fn a_producer_that_let_a_message_time_out_is_replaced() {
+        assert_eq!(
+            recovery(&kafka(RDKafkaErrorCode::MessageTimedOut), None),
             Recovery::ReplaceProducer
         );
     }
