@@ -11,8 +11,13 @@
 
 pub mod audit;
 pub mod catalog;
+pub mod cli;
 pub mod consumer;
 pub mod copy;
+pub mod dlq;
+pub mod failure;
+pub mod offsets;
+pub mod poison;
 pub mod projection;
 pub mod rebuild;
 pub mod store;
