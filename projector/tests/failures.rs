@@ -198,6 +198,17 @@ async fn messages_nothing_can_store_stop_only_their_own_delivery(pool: PgPool) {
     running.stop().await;
 }
 
+async fn terminate(admin: &mut sqlx::PgConnection, database: &str) {
+    sqlx::query(
+        "select pg_terminate_backend(pid) from pg_stat_activity \
+         where datname = $1 and pid <> pg_backend_pid()",
+    )
+    .bind(database)
+    .execute(admin)
+    .await
+    .expect("terminated");
+}
+
 #[sqlx::test(migrator = "migrations::READ")]
 async fn the_projector_rides_out_a_restarting_database(pool: PgPool) {
     let setup = Setup::new(pool, 2).await;
@@ -209,44 +220,51 @@ async fn the_projector_rides_out_a_restarting_database(pool: PgPool) {
         .to_owned();
     let running = setup.projector();
     let deliveries = 60u128;
-    let publishing = async {
-        for n in (1..=deliveries).step_by(10) {
-            let events: Vec<EventEnvelope> = (n..n + 10)
-                .flat_map(|d| {
-                    chained(
-                        id(d),
-                        vec![created(), assigned("rider-1"), picked_up("rider-1")],
-                    )
-                })
-                .collect();
-            setup.publish(&events).await;
-        }
+    let publisher = &setup;
+    let publish = move |from: u128, to: u128| {
+        let events: Vec<EventEnvelope> = (from..=to)
+            .flat_map(|d| {
+                chained(
+                    id(d),
+                    vec![created(), assigned("rider-1"), picked_up("rider-1")],
+                )
+            })
+            .collect();
+        async move { publisher.publish(&events).await }
     };
+    let mut admin = (*setup.pool.connect_options())
+        .clone()
+        .database("postgres")
+        .connect()
+        .await
+        .expect("admin connection");
     // What a Postgres restart looks like to its clients: every connection dropped at once.
-    // Five times, each once the projector has applied more since the last.
+    // Four times, each once the projector has applied more since the last.
     let restarting = async {
-        let mut admin = (*setup.pool.connect_options())
-            .clone()
-            .database("postgres")
-            .connect()
-            .await
-            .expect("admin connection");
-        for round in 1..=5u64 {
+        for round in 1..=4u64 {
             eventually(WAIT, "the projector to apply more", || async {
                 (running.progress.applied.load(Ordering::Relaxed) >= round * 20).then_some(())
             })
             .await;
-            sqlx::query(
-                "select pg_terminate_backend(pid) from pg_stat_activity \
-                 where datname = $1 and pid <> pg_backend_pid()",
-            )
-            .bind(&database)
-            .execute(&mut admin)
-            .await
-            .expect("terminated");
+            terminate(&mut admin, &database).await;
         }
     };
-    tokio::join!(publishing, restarting);
+    tokio::join!(publish(1, 50), restarting);
+    // Then an outage: no connection accepted for two seconds (its length, not a wait for
+    // anything) while more events arrive.
+    let allow =
+        |allowed: bool| format!("alter database \"{database}\" with allow_connections {allowed}");
+    sqlx::raw_sql(&allow(false))
+        .execute(&mut admin)
+        .await
+        .expect("blocked");
+    terminate(&mut admin, &database).await;
+    publish(51, deliveries).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    sqlx::raw_sql(&allow(true))
+        .execute(&mut admin)
+        .await
+        .expect("unblocked");
     let events = deliveries as i64 * 3;
     setup.consumed(events).await;
 

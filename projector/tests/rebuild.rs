@@ -671,10 +671,16 @@ async fn a_partition_count_changed_during_a_rebuild_stops_it_before_the_switch(p
         // more partition instead, which changes the count the same way.
         let admin = admin(&setup.broker);
         let options = AdminOptions::new();
-        let deleted = admin.delete_topics(&[TOPIC], &options).await.expect("deleted");
+        let deleted = admin
+            .delete_topics(&[TOPIC], &options)
+            .await
+            .expect("deleted");
         assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
         let topic = NewTopic::new(TOPIC, 4, TopicReplication::Fixed(1));
-        let created = admin.create_topics(&[topic], &options).await.expect("created");
+        let created = admin
+            .create_topics(&[topic], &options)
+            .await
+            .expect("created");
         assert!(created.iter().all(Result::is_ok), "{created:?}");
         holder.rollback().await.expect("locks released");
     };
