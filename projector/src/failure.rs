@@ -229,7 +229,9 @@ pub async fn record_failed(
     }
     let record = Record::of(&poison);
     sqlx::query("savepoint poison").execute(&mut *tx).await?;
-    if let Err(refused) = poison::insert(&mut tx, &subscription.topic, &[record.clone()]).await {
+    if let Err(refused) =
+        poison::insert(&mut tx, &subscription.topic, std::slice::from_ref(&record)).await
+    {
         if classify(&refused) == Failure::Transient {
             return Err(refused);
         }

@@ -247,7 +247,8 @@ pub(crate) async fn load_current(
     // One round trip for the parked events and the skipped versions. The skips are operator
     // decisions, not part of any projection: a rebuild (whose search_path is its own schema)
     // honours them too, so they are read from `public` by name.
-    let (parked, skipped): (Json<Vec<ParkedEvent>>, Json<Vec<(Uuid, i64)>>) = sqlx::query_as(
+    type Waiting = (Json<Vec<ParkedEvent>>, Json<Vec<(Uuid, i64)>>);
+    let (parked, skipped): Waiting = sqlx::query_as(
         "select (select coalesce(jsonb_agg(to_jsonb(p)), '[]') from parked_events p
                  where delivery_id = any($1)),
                 (select coalesce(jsonb_agg(jsonb_build_array(delivery_id, version)), '[]')

@@ -86,29 +86,29 @@ pub async fn retry(
 ) -> Result<Vec<Outcome>, DlqError> {
     action.check()?;
     let mut tx = pool.begin().await?;
-    pause_live(&mut *tx, subscription).await?;
-    let units = units(&mut *tx, &subscription.topic, selection).await?;
+    pause_live(&mut tx, subscription).await?;
+    let units = units(&mut tx, &subscription.topic, selection).await?;
     let mut outcomes = Vec::with_capacity(units.len());
     for unit in units {
         sqlx::query("savepoint unit").execute(&mut *tx).await?;
         let mut refused = None;
-        let applied = match retry_unit(&mut *tx, subscription, unit).await {
+        let applied = match retry_unit(&mut tx, subscription, unit).await {
             Ok(applied) => applied,
             Err(error) if classify(&error) == Failure::Data => {
                 sqlx::query("rollback to savepoint unit")
                     .execute(&mut *tx)
                     .await?;
                 let error = storable_text(&error.to_string(), MAX_ERROR_BYTES);
-                set_error(&mut *tx, &subscription.topic, unit, &error).await?;
+                set_error(&mut tx, &subscription.topic, unit, &error).await?;
                 refused = Some(error);
                 0
             }
             Err(error) => return Err(error.into()),
         };
-        let outcome = outcome(&mut *tx, &subscription.topic, unit, applied, None, refused).await?;
+        let outcome = outcome(&mut tx, &subscription.topic, unit, applied, None, refused).await?;
         let (delivery, message) = ids(unit);
         record(
-            &mut *tx,
+            &mut tx,
             "retry",
             action,
             &subscription.topic,
@@ -134,10 +134,10 @@ pub async fn skip(
     action.check()?;
     let topic = &subscription.topic;
     let mut tx = pool.begin().await?;
-    pause_live(&mut *tx, subscription).await?;
+    pause_live(&mut tx, subscription).await?;
     let (unit, version, removed) = match what {
         Skip::Delivery(id) => {
-            let current = store::load_current(&mut *tx, &[id]).await?;
+            let current = store::load_current(&mut tx, &[id]).await?;
             let delivery = DeliveryId::from_uuid(id);
             let mut next = current.rows.get(&delivery).map_or(0, |row| row.version) + 1;
             while current.skipped.contains(&(delivery, next)) {
@@ -195,7 +195,7 @@ pub async fn skip(
     };
     // Recorded first: the skip it records is what lets the delivery move on.
     let audit = record(
-        &mut *tx,
+        &mut tx,
         "skip",
         action,
         topic,
@@ -205,10 +205,10 @@ pub async fn skip(
     )
     .await?;
     let applied = match delivery {
-        Some(id) => apply(&mut *tx, subscription, &[id], Vec::new()).await?,
+        Some(id) => apply(&mut tx, subscription, &[id], Vec::new()).await?,
         None => 0,
     };
-    outcome = self::outcome(&mut *tx, topic, unit, applied, version, None).await?;
+    outcome = self::outcome(&mut tx, topic, unit, applied, version, None).await?;
     sqlx::query("update dlq_actions set outcome = $2, detail = detail || $3 where id = $1")
         .bind(audit)
         .bind(outcome.to_string())
