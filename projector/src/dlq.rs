@@ -16,9 +16,13 @@
 
 mod apply;
 mod list;
+mod retry;
+mod skip;
 
-pub use apply::{Outcome, retry, skip};
+pub use apply::Outcome;
 pub use list::{Stuck, StuckKind, list, table};
+pub use retry::retry;
+pub use skip::skip;
 
 use uuid::Uuid;
 
