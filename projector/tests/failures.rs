@@ -13,6 +13,7 @@ use domain::EventEnvelope;
 use projector::offsets::Ahead;
 use projector::{Progress, ProjectorConfig, ProjectorError};
 use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{ConnectOptions, PgPool};
@@ -327,4 +328,51 @@ async fn stored_offsets_past_the_end_of_a_recreated_topic_stop_the_projector(poo
         .await
         .expect("count");
     assert_eq!(projected, 0);
+}
+
+#[sqlx::test(migrator = "migrations::READ")]
+async fn stored_offsets_found_past_the_end_at_a_rebalance_stop_the_projector(pool: PgPool) {
+    let setup = Setup::new(pool, 2).await;
+    setup
+        .publish(&[envelope(id(1), 1, created()), envelope(id(2), 1, created())])
+        .await;
+    let running = setup.projector();
+    setup.consumed(2).await;
+    // The topic "was recreated" under the running projector: its stored offsets are now far
+    // beyond the partitions' ends. The next assignment, whichever partition it gives this
+    // projector, must notice.
+    sqlx::query(
+        "insert into consumer_offsets (consumer_group, topic, kafka_partition, next_offset)
+         values ($1, $2, 0, 100), ($1, $2, 1, 100)
+         on conflict (consumer_group, topic, kafka_partition) do update set next_offset = 100",
+    )
+    .bind(GROUP)
+    .bind(TOPIC)
+    .execute(&setup.pool)
+    .await
+    .expect("offsets moved");
+    // Another member joining the group makes it rebalance.
+    let joiner: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &setup.broker.address)
+        .set("group.id", GROUP)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    joiner.subscribe(&[TOPIC]).expect("subscribed");
+    let polling = async {
+        loop {
+            let _ = joiner.recv().await;
+        }
+    };
+    let ended = tokio::select! {
+        ended = tokio::time::timeout(WAIT, running.task) => ended,
+        () = polling => unreachable!("polls for ever"),
+    };
+    let ended = ended
+        .expect("the projector refuses to go on")
+        .expect("joined");
+    assert!(
+        matches!(ended, Err(ProjectorError::OffsetsAhead(ref refusal)) if refusal.partitions[0].stored == 100),
+        "{ended:?}"
+    );
 }
