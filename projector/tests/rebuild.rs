@@ -251,7 +251,7 @@ impl Setup {
         .expect("read model query")
     }
 
-    /// The indexes and constraints of every projection's tables in `public`.
+    /// The columns, indexes and constraints of every projection's tables in `public`.
     async fn table_shapes(&self) -> Value {
         let tables: Vec<&str> = catalog::ALL
             .iter()
@@ -259,6 +259,10 @@ impl Setup {
             .collect();
         sqlx::query_scalar(
             "select jsonb_build_object(
+                'columns', (select jsonb_agg(table_name || '.' || column_name || ' ' || data_type
+                                || ' ' || is_nullable order by table_name, ordinal_position)
+                            from information_schema.columns
+                            where table_schema = 'public' and table_name = any($1)),
                 'indexes', (select jsonb_agg(indexdef order by indexname) from pg_indexes
                             where schemaname = 'public' and tablename = any($1)),
                 'constraints', (select jsonb_agg(conrelid::regclass || ' ' || conname || ': '
