@@ -61,7 +61,7 @@ stop_all() {
 trap stop_all EXIT INT TERM
 
 # Runs `NAME COMMAND...` in the background and keeps it running: restarts it whenever it exits,
-# waiting 1 s, doubling up to 30 s while it keeps dying within a minute of its start.
+# waiting 1 s, doubling up to 10 s while it keeps dying within a minute of its start.
 supervise() {
     local name=$1
     shift
@@ -82,7 +82,7 @@ supervise() {
             say "$name exited with status $status; restarting it in ${backoff}s (log: $logs/$name.log)"
             sleep "$backoff" &
             wait $! || true
-            backoff=$((backoff * 2 > 30 ? 30 : backoff * 2))
+            backoff=$((backoff * 2 > 10 ? 10 : backoff * 2))
         done
     ) &
     supervisors+=($!)
