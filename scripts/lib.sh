@@ -1,13 +1,45 @@
 # Shared by the scripts: where Postgres is, and how to make sure it runs.
 POSTGRES_URL="${POSTGRES_URL:-postgres://postgres@127.0.0.1:5432}"
+# host:port of POSTGRES_URL, for pg_isready and for URLs with another user.
+POSTGRES_HOSTPORT="${POSTGRES_URL##*@}"
+POSTGRES_HOSTPORT="${POSTGRES_HOSTPORT%%/*}"
 
 ensure_postgres() {
-    if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    local host=${POSTGRES_HOSTPORT%:*} port=${POSTGRES_HOSTPORT##*:}
+    if ! pg_isready -q -h "$host" -p "$port"; then
+        # Only the machine's own cluster is ours to start; any other is the caller's.
+        [ "$port" = 5432 ] || { echo "PostgreSQL at $POSTGRES_HOSTPORT is down" >&2; return 1; }
         echo "starting PostgreSQL" >&2
         pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
-        for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && return 0; sleep 1; done
+        for _ in $(seq 1 30); do pg_isready -q -h "$host" -p "$port" && return 0; sleep 1; done
         echo "PostgreSQL did not start" >&2
         return 1
+    fi
+}
+
+# Refuses (returns 1 with a clear message) when the file system holding DIR has less than
+# MIN_GB gigabytes free: a full disk crashes Postgres, and with it every part of the stack.
+require_free_disk() {
+    local dir=$1 min_gb=$2 free_kb
+    free_kb=$(df -Pk "$dir" | awk 'NR == 2 {print $4}')
+    if [ "$free_kb" -lt $((min_gb * 1024 * 1024)) ]; then
+        echo "refusing to start: only $((free_kb / 1024 / 1024)) GB free on the file system of $dir" \
+            "(at least $min_gb GB needed; free some space or set STACK_MIN_FREE_GB)" >&2
+        return 1
+    fi
+}
+
+# Keeps LOG at most MAX_BYTES (plus what is written between two checks): once larger, it is
+# copied to LOG.1 (replacing the previous one) and truncated in place. Writers must open the
+# log with O_APPEND (`>>`), so they go on at the new end instead of leaving a hole.
+cap_log() {
+    local log=$1 max_bytes=$2 size
+    [ -f "$log" ] || return 0
+    size=$(stat -c %s "$log")
+    if [ "$size" -gt "$max_bytes" ]; then
+        cp "$log" "$log.1"
+        : >"$log"
+        echo "$(date -u +%FT%TZ) log rotated at $size bytes; the previous part is in $(basename "$log").1" >>"$log"
     fi
 }
 

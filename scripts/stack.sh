@@ -1,21 +1,35 @@
 #!/usr/bin/env bash
 # Starts the whole platform on this machine with one command and keeps it running until Ctrl-C:
-#   - PostgreSQL (started if down), nisshi installed once per machine (cached outside the repo)
-#     and started with durable storage in the `nisshi` database;
+#   - PostgreSQL (the machine's own cluster is started if down), nisshi installed once per
+#     machine (cached outside the repo) and started with durable storage in the `nisshi` database;
 #   - the write and read databases, migrated, with the query API's read-only login;
 #   - the topic `delivery.events` (KAFKA_PARTITIONS partitions, default 6);
-#   - relay, projector, command API (:8080) and query API (:8081), logs in .stack/logs/.
+#   - relay, projector, command API (:8080) and query API (:8081).
 # Then, in another shell: scripts/demo.sh
+#
+# Every part runs under a supervisor: a part that exits is restarted (after a backoff that
+# grows while it keeps failing) and the stack says so on stderr and in $STACK_DIR/stack.log.
+# While $STACK_DIR/hold/PART exists, PART is not restarted (for maintenance and fault tests).
+# Each part's pid is in $STACK_DIR/pids/PART.pid; its output in $STACK_DIR/logs/PART.log,
+# kept under STACK_LOG_MAX_MB (the previous part in PART.log.1). The broker logs at warn
+# (NISSHI_LOG): at info it logs every span of every request, gigabytes in minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
+
+stack_dir="${STACK_DIR:-.stack}"
+logs="$stack_dir/logs"
+mkdir -p "$logs" "$stack_dir/pids" "$stack_dir/hold"
+min_free_gb="${STACK_MIN_FREE_GB:-5}"
+log_max_bytes=$(( ${STACK_LOG_MAX_MB:-50} * 1024 * 1024 ))
+require_free_disk "$stack_dir" "$min_free_gb"
 ensure_postgres
 ensure_nisshi
 
 export WRITE_DATABASE_URL="${WRITE_DATABASE_URL:-$POSTGRES_URL/delivery_write}"
 export READ_DATABASE_URL="${READ_DATABASE_URL:-$POSTGRES_URL/delivery_read}"
 export QUERY_API_DB_USER="${QUERY_API_DB_USER:-query_api}"
-export QUERY_API_DATABASE_URL="${QUERY_API_DATABASE_URL:-postgres://$QUERY_API_DB_USER@127.0.0.1:5432/delivery_read}"
+export QUERY_API_DATABASE_URL="${QUERY_API_DATABASE_URL:-postgres://$QUERY_API_DB_USER@$POSTGRES_HOSTPORT/delivery_read}"
 export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:9092}"
 export KAFKA_TOPIC="${KAFKA_TOPIC:-delivery.events}"
 export COMMAND_API_LISTEN="${COMMAND_API_LISTEN:-127.0.0.1:8080}"
@@ -23,36 +37,73 @@ export QUERY_API_LISTEN="${QUERY_API_LISTEN:-127.0.0.1:8081}"
 export COMMAND_API_TOKENS="${COMMAND_API_TOKENS:-dev-dispatcher-token=dispatcher:desk-1,dev-admin-token=admin:root,dev-rider-42-token=rider:rider-42,dev-rider-7-token=rider:rider-7}"
 export QUERY_API_TOKENS="${QUERY_API_TOKENS:-dev-reader-token}"
 export RUST_LOG="${RUST_LOG:-info}"
+nisshi_log="${NISSHI_LOG:-warn}"
+nisshi_database="${NISSHI_DATABASE:-nisshi}"
 partitions="${KAFKA_PARTITIONS:-6}"
-logs=.stack/logs
-mkdir -p "$logs"
 
-pids=()
+# The Postgres data directory's file system matters as much as ours (a full one crashes it);
+# it is only checkable when that cluster runs on this machine and we may read its settings.
+data_dir=$(psql -qAt "$POSTGRES_URL/postgres" -c "show data_directory" 2>/dev/null || true)
+if [ -n "$data_dir" ] && [ -d "$data_dir" ]; then
+    require_free_disk "$data_dir" "$min_free_gb"
+fi
+
+say() { echo "$(date -u +%FT%TZ) $*" | tee -a "$stack_dir/stack.log" >&2; }
+
+supervisors=()
 stop_all() {
     trap - EXIT INT TERM
-    echo "stopping the stack" >&2
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    say "stopping the stack"
+    # Supervisors first, so nothing is restarted; each stops its own part.
+    for pid in "${supervisors[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
 }
 trap stop_all EXIT INT TERM
+
+# Runs `NAME COMMAND...` in the background and keeps it running: restarts it whenever it exits,
+# waiting 1 s, doubling up to 30 s while it keeps dying within a minute of its start.
+supervise() {
+    local name=$1
+    shift
+    (
+        child=""
+        trap '[ -n "$child" ] && kill "$child" 2>/dev/null; wait; exit 0' TERM INT
+        backoff=1
+        while true; do
+            while [ -e "$stack_dir/hold/$name" ]; do sleep 0.5; done
+            started=$SECONDS
+            "$@" >>"$logs/$name.log" 2>&1 &
+            child=$!
+            echo "$child" >"$stack_dir/pids/$name.pid"
+            status=0
+            wait "$child" || status=$?
+            child=""
+            if [ $((SECONDS - started)) -ge 60 ]; then backoff=1; fi
+            say "$name exited with status $status; restarting it in ${backoff}s (log: $logs/$name.log)"
+            sleep "$backoff" &
+            wait $! || true
+            backoff=$((backoff * 2 > 30 ? 30 : backoff * 2))
+        done
+    ) &
+    supervisors+=($!)
+}
 
 echo "building release binaries" >&2
 cargo build --release -q -p migrations -p command-api -p projector -p query-api
 
 broker="${KAFKA_BROKERS%%,*}"
 if ! (exec 3<>"/dev/tcp/${broker%:*}/${broker#*:}") 2>/dev/null; then
-    psql -q -h 127.0.0.1 -U postgres -d postgres -tc "select 1 from pg_database where datname = 'nisshi'" \
-        | grep -q 1 || psql -q -h 127.0.0.1 -U postgres -d postgres -c "create database nisshi"
-    echo "starting nisshi on $broker (durable: database nisshi)" >&2
-    "$NISSHI_BIN" broker --listener-url "tcp://$broker" --advertised-listener-url "tcp://$broker" \
-        --storage-engine "$POSTGRES_URL/nisshi?sslmode=disable" --cluster-id dev \
-        >"$logs/nisshi.log" 2>&1 &
-    pids+=($!)
+    psql -qAt "$POSTGRES_URL/postgres" -c "select 1 from pg_database where datname = '$nisshi_database'" \
+        | grep -q 1 || psql -q "$POSTGRES_URL/postgres" -c "create database $nisshi_database"
+    say "starting nisshi on $broker (durable: database $nisshi_database, log level $nisshi_log)"
+    supervise nisshi env RUST_LOG="$nisshi_log" "$NISSHI_BIN" broker \
+        --listener-url "tcp://$broker" --advertised-listener-url "tcp://$broker" \
+        --storage-engine "$POSTGRES_URL/$nisshi_database?sslmode=disable" --cluster-id dev
     wait_for_port "$broker" 30
 fi
 if "$NISSHI_BIN" topic create "$KAFKA_TOPIC" --partitions "$partitions" --broker "tcp://$broker" \
     >"$logs/topic.log" 2>&1; then
-    echo "created topic $KAFKA_TOPIC ($partitions partitions)" >&2
+    say "created topic $KAFKA_TOPIC ($partitions partitions)"
 elif grep -qi "exist" "$logs/topic.log"; then
     echo "topic $KAFKA_TOPIC already exists" >&2
 else
@@ -61,16 +112,10 @@ else
 fi
 
 target/release/migrate
-start() {
-    local name=$1
-    shift
-    "$@" >"$logs/$name.log" 2>&1 &
-    pids+=($!)
-}
-start relay target/release/command-api relay
-start projector target/release/projector run
-start command-api target/release/command-api serve
-start query-api target/release/query-api
+supervise relay target/release/command-api relay
+supervise projector target/release/projector run
+supervise command-api target/release/command-api serve
+supervise query-api target/release/query-api
 wait_for_port "$COMMAND_API_LISTEN" 30
 wait_for_port "$QUERY_API_LISTEN" 30
 
@@ -83,7 +128,12 @@ The delivery platform is running (logs in $logs/, Ctrl-C stops everything):
   read DB      $READ_DATABASE_URL
 Try: scripts/demo.sh
 INFO
-# Stop everything as soon as any part exits, so a failure is never silent.
-wait -n "${pids[@]}" || true
-echo "a part of the stack exited; see $logs/" >&2
-exit 1
+# Keep the logs bounded and warn before the disk fills, for as long as the stack runs.
+while true; do
+    for log in "$logs"/*.log "$stack_dir/stack.log"; do cap_log "$log" "$log_max_bytes"; done
+    if ! require_free_disk "$stack_dir" 1 2>/dev/null; then
+        say "WARNING: less than 1 GB free on the file system of $stack_dir"
+    fi
+    sleep 5 &
+    wait $! || true
+done
