@@ -19,15 +19,29 @@ const SHOWN: usize = 5;
 pub async fn settle(write: &PgPool, read: &PgPool, timeout: Duration) -> Result<Duration, String> {
     let started = Instant::now();
     let mut last = String::from("no answer from the databases");
+    // Caught up twice in a row with nothing new in between: a command whose client gave up
+    // may still have been committing at the first look.
+    let mut caught_up_at = None;
     while started.elapsed() < timeout {
         match progress(write, read).await {
-            Ok((0, events, history)) if events == history => return Ok(started.elapsed()),
+            Ok((0, events, history)) if events == history => {
+                if caught_up_at == Some(events) {
+                    return Ok(started.elapsed());
+                }
+                caught_up_at = Some(events);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
             Ok((unpublished, events, history)) => {
+                caught_up_at = None;
                 last = format!(
                     "{unpublished} outbox rows unpublished, {events} events stored, {history} in delivery_history"
                 );
             }
-            Err(e) => last = format!("error: {e}"),
+            Err(e) => {
+                caught_up_at = None;
+                last = format!("error: {e}");
+            }
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -201,42 +201,23 @@ async fn command(
             request = request.json(body);
         }
         lock(report).attempts += 1;
-        match request.send().await {
-            Err(_) => lock(report).connection_errors += 1,
-            Ok(response) => {
-                let status = response.status();
-                let replayed = response.headers().contains_key("idempotency-replayed");
-                let text = response.text().await.unwrap_or_else(|e| format!("<{e}>"));
-                if status.is_success() {
-                    let version = serde_json::from_str::<serde_json::Value>(&text)
-                        .ok()
-                        .and_then(|answer| answer["version"].as_i64());
-                    let mut report = lock(report);
-                    match version {
-                        Some(version) => {
-                            report.replayed += u64::from(replayed);
-                            report.conflicts_after_retry += u64::from(conflicted && replayed);
-                            return Some(version);
-                        }
-                        None => {
-                            report.rejected.push(format!(
-                                "{step:?} {delivery}: {status} without a version: {text}"
-                            ));
-                            return None;
-                        }
-                    }
-                } else if status.is_server_error() || status.as_u16() == 429 {
-                    lock(report).server_errors += 1;
-                } else if status.as_u16() == 409 && retried {
-                    // An earlier attempt may still be running or may have committed: resend
-                    // with the same key, whose stored response then replays.
-                    conflicted = true;
-                } else {
-                    lock(report)
-                        .rejected
-                        .push(format!("{step:?} {delivery}: {status} {text}"));
-                    return None;
-                }
+        match attempt(request).await {
+            Answer::Acknowledged { version, replayed } => {
+                let mut report = lock(report);
+                report.replayed += u64::from(replayed);
+                report.conflicts_after_retry += u64::from(conflicted && replayed);
+                return Some(version);
+            }
+            Answer::Unanswered => lock(report).connection_errors += 1,
+            Answer::ServerError => lock(report).server_errors += 1,
+            // An earlier attempt may still be running or may have committed: resend with the
+            // same key, whose stored response then replays.
+            Answer::Conflict(_) if retried => conflicted = true,
+            Answer::Conflict(text) | Answer::Rejected(text) => {
+                lock(report)
+                    .rejected
+                    .push(format!("{step:?} {delivery}: {text}"));
+                return None;
             }
         }
         retried = true;
@@ -249,5 +230,44 @@ async fn command(
         }
         tokio::time::sleep(backoff.min(give_up - now)).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// How one attempt of a command ended, as far as a client can tell.
+enum Answer {
+    Acknowledged {
+        version: i64,
+        replayed: bool,
+    },
+    /// No connection, a timeout, or an answer cut off: the command may or may not have run.
+    Unanswered,
+    /// 5xx or 429: worth another try.
+    ServerError,
+    Conflict(String),
+    /// Any other answer, or a 2xx without a version.
+    Rejected(String),
+}
+
+async fn attempt(request: reqwest::RequestBuilder) -> Answer {
+    let Ok(response) = request.send().await else {
+        return Answer::Unanswered;
+    };
+    let status = response.status();
+    let replayed = response.headers().contains_key("idempotency-replayed");
+    let Ok(text) = response.text().await else {
+        return Answer::Unanswered;
+    };
+    if status.is_server_error() || status.as_u16() == 429 {
+        return Answer::ServerError;
+    }
+    if status.as_u16() == 409 {
+        return Answer::Conflict(format!("{status} {text}"));
+    }
+    let version = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|answer| answer["version"].as_i64());
+    match version {
+        Some(version) if status.is_success() => Answer::Acknowledged { version, replayed },
+        _ => Answer::Rejected(format!("{status} {text}")),
     }
 }
