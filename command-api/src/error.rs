@@ -6,6 +6,10 @@ use axum::response::{IntoResponse, Response};
 use domain::DeliveryError;
 use serde_json::json;
 
+/// What a 503 tells the client to wait before retrying, in seconds. Every 503 is a passing
+/// condition (a database outage, a crowd, a slow statement), so every 503 carries it.
+pub const RETRY_AFTER_SECONDS: u32 = 1;
+
 /// Every way a command can fail. `code` is the stable contract; `detail` is for people.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -25,6 +29,10 @@ pub enum ApiError {
     Forbidden(String),
     #[error("no delivery has this id")]
     NotFound,
+    #[error("no route has this path")]
+    RouteNotFound,
+    #[error("this route does not accept this method")]
+    MethodNotAllowed,
     #[error("expected version {expected}, but the delivery is at version {actual}")]
     VersionConflict { expected: i64, actual: i64 },
     #[error("a delivery with this id already exists")]
@@ -33,6 +41,17 @@ pub enum ApiError {
     InvalidTransition(String),
     #[error("this Idempotency-Key was already used with a different request")]
     IdempotencyKeyReused,
+    /// No connection to the write database could be had or kept (down, restarting, refusing
+    /// connections, pool exhausted for longer than the acquire timeout).
+    #[error("the database is unavailable; retry later")]
+    DatabaseUnavailable(#[source] sqlx::Error),
+    /// The database is up but did not finish in time (statement timeout, lock wait, deadlock).
+    #[error("the database is busy; retry later")]
+    DatabaseBusy(#[source] sqlx::Error),
+    #[error("too many requests are in progress; retry later")]
+    Overloaded,
+    #[error("the request took longer than the limit; retry later")]
+    RequestTimeout,
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -48,10 +67,15 @@ impl ApiError {
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::VersionConflict { .. }
             | ApiError::AlreadyExists
             | ApiError::InvalidTransition(_) => StatusCode::CONFLICT,
+            ApiError::DatabaseUnavailable(_)
+            | ApiError::DatabaseBusy(_)
+            | ApiError::Overloaded
+            | ApiError::RequestTimeout => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -67,12 +91,62 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound => "delivery-not-found",
+            ApiError::RouteNotFound => "route-not-found",
+            ApiError::MethodNotAllowed => "method-not-allowed",
             ApiError::VersionConflict { .. } => "version-conflict",
             ApiError::AlreadyExists => "delivery-already-exists",
             ApiError::InvalidTransition(_) => "invalid-transition",
             ApiError::IdempotencyKeyReused => "idempotency-key-reused",
+            ApiError::DatabaseUnavailable(_) => "database-unavailable",
+            ApiError::DatabaseBusy(_) => "database-busy",
+            ApiError::Overloaded => "overloaded",
+            ApiError::RequestTimeout => "request-timeout",
             ApiError::Internal(_) => "internal",
         }
+    }
+
+    /// The problem document (without headers): what the client reads, and what an idempotency
+    /// key records for a refused command so a retry replays the very same body.
+    pub fn problem(&self) -> serde_json::Value {
+        let status = self.status_code();
+        json!({
+            "type": format!("https://delivery-platform.dev/problems/{}", self.code()),
+            "code": self.code(),
+            "title": status.canonical_reason().unwrap_or("error"),
+            "status": status.as_u16(),
+            "detail": self.to_string(),
+        })
+    }
+}
+
+/// Which database failures pass by themselves. A client that retries them later may well
+/// succeed, so they are 503s with `Retry-After`, never `500 internal`.
+fn transient(error: &sqlx::Error) -> Option<fn(sqlx::Error) -> ApiError> {
+    match error {
+        // Connecting failed or timed out, the connection broke (a restart shows up as an
+        // unexpected EOF here), or the pool had no connection to give within its timeout.
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => Some(ApiError::DatabaseUnavailable),
+        sqlx::Error::Database(e) => {
+            let code = e.code()?;
+            match code.as_ref() {
+                // statement_timeout or a cancel, lock_timeout, serialization failure, deadlock.
+                "57014" | "55P03" | "40001" | "40P01" => Some(ApiError::DatabaseBusy),
+                // admin_shutdown (also what pg_terminate_backend sends), crash_shutdown,
+                // cannot_connect_now (starting up or shutting down).
+                "57P01" | "57P02" | "57P03" => Some(ApiError::DatabaseUnavailable),
+                // Class 08: connection exceptions; class 53: insufficient resources
+                // (too_many_connections, out of memory, disk full).
+                c if c.starts_with("08") || c.starts_with("53") => {
+                    Some(ApiError::DatabaseUnavailable)
+                }
+                _ => None,
+            }
+        }
+        _ => None,
     }
 }
 
@@ -93,7 +167,10 @@ impl From<DeliveryError> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        ApiError::Internal(error.into())
+        match transient(&error) {
+            Some(variant) => variant(error),
+            None => ApiError::Internal(error.into()),
+        }
     }
 }
 
@@ -109,29 +186,58 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// A problem response from a status and a problem document, as built here or as recorded.
+pub(crate) fn problem_response(status: StatusCode, problem: serde_json::Value) -> Response {
+    let mut response = (status, problem.to_string()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+    }
+    response
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status_code();
-        if let ApiError::Internal(cause) = &self {
-            // Logged once, inside the request span; the client never sees internal text.
-            tracing::error!(error = ?cause, "command failed");
+        // Logged once, inside the request span; the client never sees internal text.
+        match &self {
+            ApiError::Internal(cause) => tracing::error!(error = ?cause, "command failed"),
+            ApiError::DatabaseUnavailable(cause) | ApiError::DatabaseBusy(cause) => {
+                tracing::warn!(error = %cause, code = self.code(), "command not served");
+            }
+            // Shedding is the bound working, and can happen thousands of times a second:
+            // a warning each would flood the log exactly when the process is busiest.
+            ApiError::Overloaded => tracing::debug!(code = self.code(), "command shed"),
+            ApiError::RequestTimeout => {
+                tracing::warn!(code = self.code(), "command not served");
+            }
+            _ => {}
         }
-        let body = json!({
-            "type": format!("https://delivery-platform.dev/problems/{}", self.code()),
-            "code": self.code(),
-            "title": status.canonical_reason().unwrap_or("error"),
-            "status": status.as_u16(),
-            "detail": self.to_string(),
-        });
-        let mut response = (status, body.to_string()).into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        if status == StatusCode::UNAUTHORIZED {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        problem_response(self.status_code(), self.problem())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_failures_are_unavailable_and_never_internal() {
+        let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "expected 5 bytes");
+        for error in [sqlx::Error::PoolTimedOut, sqlx::Error::Io(eof)] {
+            let api = ApiError::from(error);
+            assert_eq!(api.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(api.code(), "database-unavailable");
         }
-        response
+        let response = ApiError::Overloaded.into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let other = ApiError::from(sqlx::Error::RowNotFound);
+        assert_eq!(other.code(), "internal");
     }
 }

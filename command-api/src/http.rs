@@ -1,27 +1,25 @@
 //! Routes and handlers: HTTP -> command -> `decide` -> event store + outbox.
 
 use crate::auth::{Authenticated, Tokens};
+use crate::command::{CommandRequest, execute};
 use crate::error::ApiError;
-use crate::idempotency::{IdempotentRequest, StoredResponse};
-use crate::store::{self, Causation, StoreError};
+use crate::idempotency::{Fingerprint, IdempotentRequest};
+use crate::limits::{self, Guard, Limits};
+use crate::store::Causation;
 use axum::extract::{DefaultBodyLimit, FromRef, FromRequest, Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, Method, Uri, header};
+use axum::response::Response;
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use chrono::Utc;
-use domain::{
-    Actor, Address, CancelReason, Command, CustomerId, Delivery, DeliveryId, OrderRef, RiderId,
-};
+use axum::{Router, middleware};
+use domain::{Actor, Address, CancelReason, Command, CustomerId, DeliveryId, OrderRef, RiderId};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
 use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
 use uuid::Uuid;
 
-/// What every handler shares.
-#[derive(Clone, FromRef)]
+/// What the embedding code provides.
+#[derive(Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub tokens: Tokens,
@@ -29,18 +27,42 @@ pub struct AppState {
     pub max_body_bytes: usize,
 }
 
-/// The command API as a router, ready to serve or to drive in tests.
+/// What every handler shares.
+#[derive(Clone, FromRef)]
+pub(crate) struct Shared {
+    pub(crate) pool: PgPool,
+    pub(crate) tokens: Tokens,
+    pub(crate) limits: Limits,
+}
+
+/// The command API as a router with the default `Limits`, ready to serve or to drive in tests.
 pub fn app(state: AppState) -> Router {
+    app_with_limits(state, Limits::default())
+}
+
+/// The command API as a router with the given bounds.
+pub fn app_with_limits(state: AppState, limits: Limits) -> Router {
+    let guard = Guard::new(&limits);
+    let shared = Shared {
+        pool: state.pool,
+        tokens: state.tokens,
+        limits,
+    };
     Router::new()
         .route("/deliveries", post(create))
         .route("/deliveries/{id}/assign", post(assign))
         .route("/deliveries/{id}/pickup", post(pick_up))
         .route("/deliveries/{id}/complete", post(complete))
         .route("/deliveries/{id}/cancel", post(cancel))
+        // Commands only: a health check must answer even when commands are shed.
+        .route_layer(middleware::from_fn_with_state(guard, limits::guard))
         .route("/health", get(|| async { "ok" }))
+        // After the routes: it applies to the routes registered before it.
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .fallback(|| async { ApiError::RouteNotFound })
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .with_state(shared)
 }
 
 /// A JSON body whose every rejection (syntax, content type, size) is an `ApiError`.
@@ -78,7 +100,7 @@ fn parse_body<T: DeserializeOwned>(body: &serde_json::Value) -> Result<T, ApiErr
 }
 
 async fn create(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Authenticated(actor): Authenticated,
     uri: Uri,
     headers: HeaderMap,
@@ -98,7 +120,7 @@ async fn create(
 }
 
 async fn assign(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Authenticated(actor): Authenticated,
     Path(id): Path<String>,
     uri: Uri,
@@ -122,7 +144,7 @@ async fn assign(
 }
 
 async fn cancel(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Authenticated(actor): Authenticated,
     Path(id): Path<String>,
     uri: Uri,
@@ -147,7 +169,7 @@ async fn cancel(
 
 /// Pick-up and completion carry no information beyond who and when: no body is read.
 async fn pick_up(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Authenticated(actor): Authenticated,
     Path(id): Path<String>,
     uri: Uri,
@@ -166,7 +188,7 @@ async fn pick_up(
 }
 
 async fn complete(
-    State(state): State<AppState>,
+    State(state): State<Shared>,
     Authenticated(actor): Authenticated,
     Path(id): Path<String>,
     uri: Uri,
@@ -205,7 +227,7 @@ impl<'a> Target<'a> {
 
 /// Runs a command on an existing delivery.
 async fn on_delivery(
-    state: &AppState,
+    state: &Shared,
     actor: Actor,
     target: Target<'_>,
     body: &serde_json::Value,
@@ -216,14 +238,26 @@ async fn on_delivery(
     execute(state, actor, target.delivery_id, command, request).await
 }
 
-/// What a command request says besides the command: preconditions and tracing ids.
-struct CommandRequest {
-    expected_version: Option<i64>,
-    idempotency: Option<IdempotentRequest>,
-    causation: Causation,
+/// `If-Match: "3"` (or `3`, or `W/"3"`) expects version 3; `*` or no header means "latest".
+fn if_match_version(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let invalid = || ApiError::InvalidHeader("If-Match must be a version number like \"3\"".into());
+    let raw = value.to_str().map_err(|_| invalid())?.trim();
+    if raw == "*" {
+        return Ok(None);
+    }
+    let raw = raw.strip_prefix("W/").unwrap_or(raw).trim_matches('"');
+    raw.parse::<i64>()
+        .ok()
+        .filter(|version| *version >= 0)
+        .map(Some)
+        .ok_or_else(invalid)
 }
 
 impl CommandRequest {
+    /// Reads the preconditions, the idempotency key and the tracing ids from the headers.
     fn new(
         headers: &HeaderMap,
         uri: &Uri,
@@ -252,12 +286,16 @@ impl CommandRequest {
                             "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
                         )
                     })?;
+                let fingerprint = Fingerprint {
+                    method: Method::POST.as_str(),
+                    path: uri.path(),
+                    if_match: header_version,
+                    body,
+                };
                 Some(IdempotentRequest::new(
                     format!("{}:{}", actor.role, actor.id),
                     key.to_owned(),
-                    Method::POST.as_str(),
-                    uri.path(),
-                    body,
+                    &fingerprint,
                 ))
             }
         };
@@ -279,124 +317,4 @@ impl CommandRequest {
             },
         })
     }
-}
-
-/// `If-Match: "3"` (or `3`, or `W/"3"`) expects version 3; `*` or no header means "latest".
-fn if_match_version(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
-    let Some(value) = headers.get(header::IF_MATCH) else {
-        return Ok(None);
-    };
-    let invalid = || ApiError::InvalidHeader("If-Match must be a version number like \"3\"".into());
-    let raw = value.to_str().map_err(|_| invalid())?.trim();
-    if raw == "*" {
-        return Ok(None);
-    }
-    let raw = raw.strip_prefix("W/").unwrap_or(raw).trim_matches('"');
-    raw.parse::<i64>()
-        .ok()
-        .filter(|version| *version >= 0)
-        .map(Some)
-        .ok_or_else(invalid)
-}
-
-/// Loads, decides and appends in one transaction, recording the idempotent response with it.
-async fn execute(
-    state: &AppState,
-    actor: Actor,
-    delivery_id: DeliveryId,
-    command: Command,
-    request: CommandRequest,
-) -> Result<Response, ApiError> {
-    if let Some(idempotency) = &request.idempotency
-        && let Some(stored) = idempotency.find(&state.pool).await?
-    {
-        return replay(idempotency, stored);
-    }
-    let is_create = matches!(command, Command::Create { .. });
-    let mut tx = state.pool.begin().await?;
-    let history = store::load(&mut tx, delivery_id).await.map_err(internal)?;
-    let facts = history
-        .iter()
-        .map(|envelope| envelope.decode())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApiError::Internal(e.into()))?;
-    let delivery = Delivery::replay(&facts).map_err(|e| ApiError::Internal(e.into()))?;
-    if let Some(expected) = request.expected_version
-        && expected != delivery.version
-    {
-        return Err(ApiError::VersionConflict {
-            expected,
-            actual: delivery.version,
-        });
-    }
-    let events = delivery.decide(command, &actor, Utc::now())?;
-    let head = store::Head::of(&history);
-    let appended = match store::append_after(&mut tx, &head, &events, request.causation).await {
-        Ok(appended) => appended,
-        // Two creates of one id raced: the loser sees the delivery as already there.
-        Err(StoreError::VersionConflict { .. }) if is_create => {
-            return Err(ApiError::AlreadyExists);
-        }
-        Err(StoreError::VersionConflict { version }) => {
-            return Err(ApiError::VersionConflict {
-                expected: request.expected_version.unwrap_or(delivery.version),
-                actual: version,
-            });
-        }
-        Err(e) => return Err(internal(e)),
-    };
-    let version = appended.last().map_or(delivery.version, |a| a.version);
-    let status = if is_create {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    let body = json!({
-        "delivery_id": delivery_id,
-        "version": version,
-        "events": appended,
-    });
-    if let Some(idempotency) = &request.idempotency
-        && !idempotency.record(&mut tx, status.as_u16(), &body).await?
-    {
-        // A concurrent request with the same key committed first: ours must not land.
-        tx.rollback().await?;
-        let stored = idempotency
-            .find(&state.pool)
-            .await?
-            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("idempotency record vanished")))?;
-        return replay(idempotency, stored);
-    }
-    tx.commit().await?;
-    Ok(command_response(status, body, false))
-}
-
-fn replay(request: &IdempotentRequest, stored: StoredResponse) -> Result<Response, ApiError> {
-    if stored.request_hash != request.request_hash {
-        return Err(ApiError::IdempotencyKeyReused);
-    }
-    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
-    Ok(command_response(status, stored.body, true))
-}
-
-/// The new version goes in the ETag, so a client can send it back as If-Match.
-fn command_response(status: StatusCode, body: serde_json::Value, replayed: bool) -> Response {
-    let etag = body
-        .get("version")
-        .and_then(serde_json::Value::as_i64)
-        .and_then(|version| HeaderValue::from_str(&format!("\"{version}\"")).ok());
-    let mut response = (status, Json(body)).into_response();
-    if let Some(etag) = etag {
-        response.headers_mut().insert(header::ETAG, etag);
-    }
-    if replayed {
-        response
-            .headers_mut()
-            .insert("idempotency-replayed", HeaderValue::from_static("true"));
-    }
-    response
-}
-
-fn internal(error: StoreError) -> ApiError {
-    ApiError::Internal(error.into())
 }

@@ -1,7 +1,30 @@
-//! Stored responses for requests sent with an `Idempotency-Key`.
+//! Idempotency keys: a request sent again with the same `Idempotency-Key` gets the first
+//! outcome again instead of running twice.
+//!
+//! The key is *claimed* by the first statement of the command's transaction: an insert of the
+//! key row. A concurrent duplicate's insert of the same `(actor, key)` then waits on that row
+//! (Postgres makes a conflicting insert wait for the inserting transaction) until the first
+//! transaction ends:
+//! - it committed: the row now holds the recorded outcome, and the duplicate replays it;
+//! - it rolled back (database error, timeout, a racer without the key took the version): the
+//!   row is gone with it, and the duplicate's insert goes through, so it runs the command
+//!   itself. A failed attempt never poisons its key.
+//!
+//! What is recorded is the command's *verdict*, decided against the delivery's stored history
+//! inside the transaction: a success (2xx), or a refusal by the domain or by the client's own
+//! precondition (403 forbidden, 404 not found, 409 invalid transition / already exists /
+//! stale `If-Match`). Not recorded: whatever is refused before the key is claimed (malformed
+//! request: 400, 401, 413, 415, 422; the same request gets the same answer anyway), and every
+//! failure that rolls back (503 database unavailable/busy, request timeout, 500, and a 409
+//! version conflict from losing a race for the version to a writer without this key).
+//!
+//! Keys expire after a TTL: an expired key is taken over by the next request as if new, and
+//! `purge_expired` deletes expired rows in bounded batches.
 
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
+use std::fmt::Write;
+use std::time::Duration;
 
 /// A request's identity: the caller's key and a fingerprint of what was asked.
 #[derive(Debug, Clone)]
@@ -14,73 +37,218 @@ pub struct IdempotentRequest {
 /// A response recorded for a key.
 pub struct StoredResponse {
     pub request_hash: String,
-    pub status: u16,
+    pub status: i16,
     pub body: serde_json::Value,
 }
 
+/// The result of claiming a key at the start of a command's transaction.
+pub enum Claim {
+    /// The key is ours (new, or expired and taken over): run the command and record its verdict.
+    Claimed,
+    /// A committed attempt already recorded its outcome: replay it (if the request matches).
+    Recorded(StoredResponse),
+}
+
+/// What a request asks for, in a form that two equal requests share byte for byte.
+pub struct Fingerprint<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// The version `If-Match` expects (`None`: absent or `*`, both mean "latest"). Part of the
+    /// request: the same key with another precondition is another request.
+    pub if_match: Option<i64>,
+    pub body: &'a serde_json::Value,
+}
+
+impl Fingerprint<'_> {
+    /// Hex SHA-256 of the canonical JSON of method, path, `If-Match` and body.
+    pub fn hash(&self) -> String {
+        let request = serde_json::json!({
+            "method": self.method,
+            "path": self.path,
+            "if_match": self.if_match,
+            "body": self.body,
+        });
+        let mut canonical = String::new();
+        write_canonical(&mut canonical, &request);
+        let mut hex = String::with_capacity(64);
+        for byte in Sha256::digest(canonical.as_bytes()) {
+            // Writing to a String cannot fail.
+            let _ = write!(hex, "{byte:02x}");
+        }
+        hex
+    }
+}
+
+/// Canonical JSON, independent of how serde_json stores or prints a map: keys sorted by their
+/// bytes at every depth, no whitespace, and numbers by value (`1`, `1.0` and `1e0` are one
+/// number, `-0` is `0`), since the command parses them as numbers. The hash chain has a
+/// writer of its own (domain/src/chain.rs), private to the domain crate today.
+fn write_canonical(out: &mut String, value: &serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push('{');
+            for (index, (key, value)) in entries.into_iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                write_canonical(out, &Value::String(key.clone()));
+                out.push(':');
+                write_canonical(out, value);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push(',');
+                }
+                write_canonical(out, item);
+            }
+            out.push(']');
+        }
+        Value::Number(number) => match number.as_f64() {
+            // Integral floats within f64's exact range print as integers; -0.0 == 0.0.
+            Some(float) if number.is_f64() && float.fract() == 0.0 && float.abs() < 9.0e15 => {
+                let _ = write!(out, "{}", float as i64);
+            }
+            _ => {
+                let _ = write!(out, "{number}");
+            }
+        },
+        // Strings (escaped as serde_json escapes them), booleans and null.
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// Records a placeholder outcome while the key is claimed. No one else ever sees it: the
+/// transaction replaces it with the verdict before it commits, and rolls it back otherwise.
+const CLAIM: &str = "
+insert into idempotency_keys as k (actor, key, request_hash, response_status, response_body)
+values ($1, $2, $3, 0, 'null')
+on conflict (actor, key) do update
+    set request_hash = excluded.request_hash, response_status = excluded.response_status,
+        response_body = excluded.response_body, created_at = excluded.created_at
+    where k.created_at < now() - make_interval(secs => $4)
+returning true";
+
 impl IdempotentRequest {
-    /// The fingerprint covers method, path and the parsed body (serde_json orders object keys,
-    /// so formatting and key order do not make two equal requests differ).
-    pub fn new(
-        actor: String,
-        key: String,
-        method: &str,
-        path: &str,
-        body: &serde_json::Value,
-    ) -> Self {
-        let mut hasher = Sha256::new();
-        hasher.update(method.as_bytes());
-        hasher.update(b"\n");
-        hasher.update(path.as_bytes());
-        hasher.update(b"\n");
-        hasher.update(body.to_string().as_bytes());
-        let request_hash = hasher
-            .finalize()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
+    pub fn new(actor: String, key: String, fingerprint: &Fingerprint<'_>) -> Self {
         Self {
             actor,
             key,
-            request_hash,
+            request_hash: fingerprint.hash(),
         }
     }
 
-    pub async fn find(&self, pool: &PgPool) -> Result<Option<StoredResponse>, sqlx::Error> {
-        let row: Option<(String, i16, serde_json::Value)> = sqlx::query_as(
+    /// Claims the key in `conn`'s transaction; must be its first statement, so a duplicate
+    /// waits for this transaction before doing anything. A conflicting row that is still
+    /// fresh is locked (also when it is not updated), so it cannot expire under us.
+    pub async fn claim(
+        &self,
+        conn: &mut PgConnection,
+        ttl: Duration,
+    ) -> Result<Claim, sqlx::Error> {
+        let claimed: Option<bool> = sqlx::query_scalar(CLAIM)
+            .bind(&self.actor)
+            .bind(&self.key)
+            .bind(&self.request_hash)
+            .bind(ttl.as_secs_f64())
+            .fetch_optional(&mut *conn)
+            .await?;
+        if claimed.is_some() {
+            return Ok(Claim::Claimed);
+        }
+        // A new statement sees what the first attempt committed.
+        let (request_hash, status, body) = sqlx::query_as(
             "select request_hash, response_status, response_body from idempotency_keys \
              where actor = $1 and key = $2",
         )
         .bind(&self.actor)
         .bind(&self.key)
-        .fetch_optional(pool)
+        .fetch_one(&mut *conn)
         .await?;
-        Ok(row.map(|(request_hash, status, body)| StoredResponse {
+        Ok(Claim::Recorded(StoredResponse {
             request_hash,
-            status: u16::try_from(status).unwrap_or(500),
+            status,
             body,
         }))
     }
 
-    /// Records the response in the command's transaction. Returns false when a concurrent
-    /// request with the same key got there first (the caller then rolls back and replays it).
+    /// Records the verdict on the claimed key, in the same transaction as the command.
     pub async fn record(
         &self,
         conn: &mut PgConnection,
         status: u16,
         body: &serde_json::Value,
-    ) -> Result<bool, sqlx::Error> {
-        let inserted = sqlx::query(
-            "insert into idempotency_keys (actor, key, request_hash, response_status, response_body) \
-             values ($1, $2, $3, $4, $5) on conflict do nothing",
+    ) -> Result<(), sqlx::Error> {
+        let status = i16::try_from(status)
+            .map_err(|_| sqlx::Error::Protocol(format!("status {status} out of range")))?;
+        sqlx::query(
+            "update idempotency_keys set response_status = $3, response_body = $4 \
+             where actor = $1 and key = $2",
         )
         .bind(&self.actor)
         .bind(&self.key)
-        .bind(&self.request_hash)
-        .bind(i16::try_from(status).unwrap_or(500))
+        .bind(status)
         .bind(body)
         .execute(conn)
         .await?;
-        Ok(inserted.rows_affected() == 1)
+        Ok(())
+    }
+}
+
+/// Deletes keys older than `ttl`, `batch` rows per statement (each its own short transaction,
+/// skipping rows a command holds), until a batch comes back short. Returns how many it deleted.
+pub async fn purge_expired(pool: &PgPool, ttl: Duration, batch: i64) -> Result<u64, sqlx::Error> {
+    let batch = batch.max(1);
+    let mut deleted = 0;
+    loop {
+        let done = sqlx::query(
+            "with expired as ( \
+                 select actor, key from idempotency_keys \
+                 where created_at < now() - make_interval(secs => $1) \
+                 order by created_at limit $2 for update skip locked) \
+             delete from idempotency_keys k using expired e \
+             where k.actor = e.actor and k.key = e.key",
+        )
+        .bind(ttl.as_secs_f64())
+        .bind(batch)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        deleted += done;
+        if i64::try_from(done).is_ok_and(|done| done < batch) {
+            return Ok(deleted);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn hash(if_match: Option<i64>, body: serde_json::Value) -> String {
+        Fingerprint {
+            method: "POST",
+            path: "/deliveries/x/assign",
+            if_match,
+            body: &body,
+        }
+        .hash()
+    }
+
+    #[test]
+    fn equal_requests_share_a_fingerprint_whatever_their_spelling() {
+        let a = serde_json::from_str(r#"{"b": {"y": 1, "x": -0.0}, "a": [1.0, "é"]}"#);
+        let b = serde_json::from_str(r#"{"a":[1,"\u00e9"],"b":{"x":0,"y":1e0}}"#);
+        assert_eq!(hash(None, a.expect("json")), hash(None, b.expect("json")));
+        assert_ne!(hash(None, json!({"a": 1.5})), hash(None, json!({"a": 1})));
+        assert_ne!(hash(None, json!({})), hash(Some(1), json!({})));
+        assert_ne!(hash(Some(1), json!({})), hash(Some(2), json!({})));
     }
 }

@@ -3,9 +3,8 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use command_api::relay::{self, RelayConfig};
-use command_api::{AppState, Tokens, app};
+use command_api::serve::{ServeConfig, shutdown_signal};
 use sqlx::postgres::PgPoolOptions;
-use std::net::SocketAddr;
 
 /// The delivery command side: HTTP command API and outbox relay.
 #[derive(Parser)]
@@ -42,26 +41,6 @@ struct RelayArgs {
     poll_ms: u64,
 }
 
-#[derive(Args)]
-struct ServeConfig {
-    /// Address to listen on.
-    #[arg(long, env = "COMMAND_API_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    /// Bearer tokens and their actors: TOKEN=ROLE:ID, comma separated
-    /// (roles: dispatcher, rider, customer, admin, system).
-    #[arg(long, env = "COMMAND_API_TOKENS", hide_env_values = true)]
-    tokens: String,
-    /// Largest accepted request body, in bytes.
-    #[arg(long, env = "COMMAND_API_MAX_BODY_BYTES", default_value_t = 16 * 1024)]
-    max_body_bytes: usize,
-    /// Connections in the database pool.
-    #[arg(long, env = "COMMAND_API_DB_CONNECTIONS", default_value_t = 16)]
-    db_connections: u32,
-    /// Apply the write database's migrations before serving (for a single-instance dev stack).
-    #[arg(long, env = "COMMAND_API_MIGRATE")]
-    migrate: bool,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -71,17 +50,15 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
-    let pool = PgPoolOptions::new()
-        .max_connections(match &cli.command {
-            Cmd::Serve(config) => config.db_connections,
-            Cmd::Relay(_) => 3,
-        })
-        .connect(&cli.database_url)
-        .await
-        .context("connecting to the write database (WRITE_DATABASE_URL)")?;
     match cli.command {
-        Cmd::Serve(config) => serve(pool, config).await,
+        // Serve builds its own pool, with its timeouts (see `command_api::serve`).
+        Cmd::Serve(config) => command_api::serve::run(&cli.database_url, config).await,
         Cmd::Relay(args) => {
+            let pool = PgPoolOptions::new()
+                .max_connections(3)
+                .connect(&cli.database_url)
+                .await
+                .context("connecting to the write database (WRITE_DATABASE_URL)")?;
             let producer = relay::producer(&args.brokers).context("creating the Kafka producer")?;
             let shutdown = tokio_util::sync::CancellationToken::new();
             let cancel = shutdown.clone();
@@ -99,47 +76,4 @@ async fn main() -> anyhow::Result<()> {
                 .context("relaying the outbox")
         }
     }
-}
-
-async fn serve(pool: sqlx::PgPool, config: ServeConfig) -> anyhow::Result<()> {
-    let tokens = Tokens::parse(&config.tokens).context("reading COMMAND_API_TOKENS")?;
-    if config.migrate {
-        migrations::WRITE
-            .run(&pool)
-            .await
-            .context("migrating the write database")?;
-    }
-    let state = AppState {
-        pool,
-        tokens,
-        max_body_bytes: config.max_body_bytes,
-    };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    tracing::info!(address = %listener.local_addr()?, "command API listening");
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving")
-}
-
-/// Resolves on Ctrl-C or SIGTERM, so in-flight commands finish before the process exits.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down");
 }
