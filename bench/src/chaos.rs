@@ -83,6 +83,8 @@ struct Totals {
     attempts: u64,
     abandoned: u64,
     conflicts_after_retry: u64,
+    /// Parts that exited though nothing killed them, by "part (status)".
+    own_exits: BTreeMap<String, u32>,
 }
 
 pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
@@ -173,6 +175,7 @@ async fn one_trial(
         duration,
         Duration::from_secs(config.broker_down_secs),
     );
+    let mut exits = faults::SupervisorLog::from_end(stack);
     let started = Instant::now();
     let injector = {
         let stack = stack.clone();
@@ -262,6 +265,15 @@ async fn one_trial(
         report.abandoned,
         settled.map_or_else(|_| "-".to_owned(), |d| format!("{:.1}s", d.as_secs_f64())),
     );
+    let (killed, own) = exits.exits();
+    println!("  restarted after a kill: {}", counts(&killed));
+    println!(
+        "  exited on their own (restarted by the supervisor): {}",
+        counts(&own)
+    );
+    for (part, n) in own {
+        *totals.own_exits.entry(part).or_default() += n;
+    }
     findings.print();
     totals.acknowledged += report.acks.len() as u64;
     totals.lost += lost;
@@ -271,6 +283,17 @@ async fn one_trial(
     totals.abandoned += report.abandoned;
     totals.conflicts_after_retry += report.conflicts_after_retry;
     Ok(passed)
+}
+
+fn counts(counts: &BTreeMap<String, u32>) -> String {
+    if counts.is_empty() {
+        return "none".to_owned();
+    }
+    let counts: Vec<String> = counts
+        .iter()
+        .map(|(what, n)| format!("{what} x{n}"))
+        .collect();
+    counts.join(", ")
 }
 
 fn summary(totals: &Totals, seed: u64) {
@@ -290,6 +313,10 @@ fn summary(totals: &Totals, seed: u64) {
         totals.conflicts_after_retry,
         totals.abandoned,
         totals.events,
+    );
+    println!(
+        "parts that exited on their own (the supervisor restarted them): {}",
+        counts(&totals.own_exits)
     );
     println!("chaos: {} passed, {} failed", totals.passed, totals.failed);
 }

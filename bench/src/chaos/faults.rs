@@ -4,6 +4,7 @@
 //! down while `$STACK_DIR/hold/<part>` exists.
 
 use anyhow::{Context, bail};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -214,6 +215,46 @@ pub async fn inject(
         }
     };
     Ok((detail, second))
+}
+
+/// The supervisor's log, where it says which part exited with which status.
+pub struct SupervisorLog {
+    path: PathBuf,
+    read: usize,
+}
+
+impl SupervisorLog {
+    /// Starts at the log's current end: only exits from now on are reported.
+    pub fn from_end(stack: &Stack) -> Self {
+        let path = stack.dir.join("stack.log");
+        let read = std::fs::read(&path).map_or(0, |bytes| bytes.len());
+        SupervisorLog { path, read }
+    }
+
+    /// Exits logged since the last call, as "part (status)" with a count, split into those
+    /// the faults caused (SIGKILL: status 137) and those the parts chose (anything else).
+    pub fn exits(&mut self) -> (BTreeMap<String, u32>, BTreeMap<String, u32>) {
+        let (mut killed, mut own) = (BTreeMap::new(), BTreeMap::new());
+        let Ok(bytes) = std::fs::read(&self.path) else {
+            return (killed, own);
+        };
+        // A rotated log starts again from the top.
+        let new = bytes.get(self.read..).unwrap_or(&bytes[..]);
+        for line in String::from_utf8_lossy(new).lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            if let [_, part, "exited", "with", "status", status, ..] = words[..] {
+                let status = status.trim_end_matches(';');
+                let which = if status == "137" {
+                    &mut killed
+                } else {
+                    &mut own
+                };
+                *which.entry(format!("{part} ({status})")).or_default() += 1;
+            }
+        }
+        self.read = bytes.len();
+        (killed, own)
+    }
 }
 
 /// Stops a second projector at the end of a trial: politely, so its last batch commits.
