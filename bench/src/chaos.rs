@@ -186,13 +186,6 @@ async fn one_trial(
                     let stack = stack.clone();
                     tokio::spawn(async move {
                         let outcome = faults::inject(&stack, fault, started).await;
-                        if let Ok((detail, _)) = &outcome {
-                            println!(
-                                "  trial {trial} t={:>4.1}s {}: {detail}",
-                                fault.at.as_secs_f64(),
-                                fault.kind
-                            );
-                        }
                         (fault, outcome)
                     })
                 })
@@ -215,7 +208,12 @@ async fn one_trial(
     for done in injector.await.context("the fault injector panicked")? {
         let (fault, outcome) = done.context("a fault panicked")?;
         match outcome {
-            Ok((_, second)) => {
+            Ok((detail, second)) => {
+                println!(
+                    "  trial {trial} t={:>4.1}s {}: {detail}",
+                    fault.at.as_secs_f64(),
+                    fault.kind
+                );
                 *totals.faults.entry(fault.kind).or_default() += 1;
                 if let Some(second) = second {
                     faults::stop_second(second)
