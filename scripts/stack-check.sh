@@ -53,7 +53,8 @@ ensure_postgres
 # The broker's storage gets a database of its own too, so a developer's broker is not shared.
 export NISSHI_DATABASE=nisshi_stack_check
 for db in stack_check_write stack_check_read "$NISSHI_DATABASE"; do
-    psql -q "$POSTGRES_URL/postgres" -c "drop database if exists $db with (force)" >/dev/null
+    PGOPTIONS="-c client_min_messages=warning" psql -q "$POSTGRES_URL/postgres" \
+        -c "drop database if exists $db with (force)"
 done
 scripts/stack.sh >"$dir/stack.out" 2>&1 &
 stack_pid=$!

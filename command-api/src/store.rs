@@ -92,12 +92,18 @@ pub async fn load(
 
 /// One statement per event writes the event and its outbox record; both commit or neither.
 /// The outbox payload is the envelope the event store now holds, `recorded_at` included.
+///
+/// `recorded_at` is the database clock when the row is written (`clock_timestamp()`, not the
+/// transaction's start time `now()`, which comes before the command read its clock), and never
+/// earlier than `occurred_at`: should the command API's clock run ahead of the database's, the
+/// event counts as recorded the moment it happened. An auditor never sees an event recorded
+/// before it happened.
 const APPEND: &str = "
 with stored as (
     insert into events
         (event_id, delivery_id, version, event_type, schema_version, payload, metadata, occurred_at,
-         hash)
-    values ($1, $2, $3, $4, $5, $6, $7, $8, $11)
+         recorded_at, hash)
+    values ($1, $2, $3, $4, $5, $6, $7, $8, greatest(clock_timestamp(), $8), $11)
     returning global_position, recorded_at
 ), announced as (
     insert into outbox (id, aggregatetype, aggregateid, type, payload, headers)

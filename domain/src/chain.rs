@@ -2,8 +2,9 @@
 //! delivery, so changing or removing a stored event breaks the chain where it happened.
 //!
 //! The hash is the lowercase hex SHA-256 of the UTF-8 bytes of the event's *canonical form*: one
-//! JSON object, keys sorted by their bytes at every depth, no whitespace, strings escaped as
-//! serde_json escapes them, numbers as serde_json prints them:
+//! JSON object in the spelling of `crate::canonical_json` (keys sorted by their bytes at every
+//! depth, no whitespace, strings escaped as serde_json escapes them, numbers as they read back
+//! from the store: a zero of either sign is `0.0`):
 //!
 //! ```text
 //! {"actor":{"id":"desk-1","role":"dispatcher"},"causation_id":"<uuid>","correlation_id":"<uuid>",
@@ -17,15 +18,26 @@
 //! out: the database sets it after the hash is computed. Changing this form breaks every stored
 //! chain, so it is as much a contract as the event type names.
 //!
+//! The form is a function of what the store gives back, not of the value in memory: the command
+//! API hashes when appending and the audit re-hashes the stored row, and the two must agree for
+//! every event the API accepts (`command-api/tests/store.rs` checks this against Postgres with
+//! generated commands). Until 2026-12 the form wrote the sign of a zero (`-0.0`), which the store
+//! drops; `verify_chain` still accepts those hashes (see `matches_legacy_zeros`).
+//!
 //! The hashes are not secret. The chain shows a change made by editing or deleting rows; someone
 //! who also rewrites every later hash leaves a chain that verifies on its own, and only copies
 //! held elsewhere (the published messages, the read model's history) show it. The audit
 //! (`projector audit verify`) compares those copies too.
 
 use crate::EventEnvelope;
+use crate::canonical::{Zeros, canonical_json_with, count_zeros};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fmt::Write;
+
+/// Zeros beyond this many in one event are not tried with both signs: 2^n forms are too many to
+/// try, and no event this domain writes holds more than four (two coordinates, two addresses).
+const MAX_LEGACY_ZEROS: u32 = 8;
 
 /// Where a delivery's stored history stops being the one that was appended.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,7 +71,34 @@ impl ChainError {
 impl EventEnvelope {
     /// The canonical form hashed for the chain (see the module documentation).
     pub fn canonical_form(&self, previous: Option<&str>) -> String {
-        let fact = serde_json::json!({
+        canonical_json_with(&self.fact(previous), &mut Zeros::Unsigned)
+    }
+
+    /// This event's link in its delivery's chain: hex SHA-256 of its canonical form, which
+    /// includes `previous`, the hash of the version before (`None` for version 1).
+    pub fn chain_hash(&self, previous: Option<&str>) -> String {
+        hex_sha256(&self.canonical_form(previous))
+    }
+
+    /// Whether `stored` is the hash the earlier form gave this event: the same, except that
+    /// some float zeros were spelled `-0.0`. The store keeps no sign for zero, so which zeros
+    /// were negative is unknown and every choice is tried; since the sign of a zero is not
+    /// information the store holds, accepting any of them hides no change to a stored event.
+    fn matches_legacy_zeros(&self, previous: Option<&str>, stored: &str) -> bool {
+        let fact = self.fact(previous);
+        let zeros = count_zeros(&fact);
+        if zeros == 0 || zeros > MAX_LEGACY_ZEROS {
+            return false;
+        }
+        (1..1u64 << zeros).any(|negative| {
+            let mut spelling = Zeros::Legacy { negative, seen: 0 };
+            hex_sha256(&canonical_json_with(&fact, &mut spelling)) == stored
+        })
+    }
+
+    /// What the chain covers, as one JSON object.
+    fn fact(&self, previous: Option<&str>) -> Value {
+        serde_json::json!({
             "event_id": self.event_id,
             "delivery_id": self.delivery_id,
             "version": self.version,
@@ -71,23 +110,18 @@ impl EventEnvelope {
             "causation_id": self.causation_id,
             "data": self.data,
             "previous_hash": previous,
-        });
-        let mut out = String::new();
-        write_canonical(&mut out, &fact);
-        out
+        })
     }
+}
 
-    /// This event's link in its delivery's chain: hex SHA-256 of its canonical form, which
-    /// includes `previous`, the hash of the version before (`None` for version 1).
-    pub fn chain_hash(&self, previous: Option<&str>) -> String {
-        let digest = Sha256::digest(self.canonical_form(previous).as_bytes());
-        let mut hex = String::with_capacity(digest.len() * 2);
-        for byte in digest.iter() {
-            // Writing to a String cannot fail.
-            let _ = write!(hex, "{byte:02x}");
-        }
-        hex
+fn hex_sha256(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    let mut hex = String::with_capacity(digest.len() * 2);
+    for byte in digest.iter() {
+        // Writing to a String cannot fail.
+        let _ = write!(hex, "{byte:02x}");
     }
+    hex
 }
 
 /// Checks one delivery's stored history, in the order it was loaded: versions 1..=n without
@@ -107,50 +141,10 @@ pub fn verify_chain(events: &[EventEnvelope]) -> Result<(), ChainError> {
         let Some(stored) = event.hash.as_deref() else {
             return Err(ChainError::Unhashed { version });
         };
-        if event.chain_hash(previous) != stored {
+        if event.chain_hash(previous) != stored && !event.matches_legacy_zeros(previous, stored) {
             return Err(ChainError::Changed { version });
         }
         previous = Some(stored);
     }
     Ok(())
-}
-
-/// Writes `value` with object keys sorted at every depth and no whitespace. Sorts by itself
-/// rather than trusting the map type: serde_json keeps insertion order when some crate in the
-/// build enables its `preserve_order` feature.
-fn write_canonical(out: &mut String, value: &Value) {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push('{');
-            for (index, (key, value)) in entries.into_iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
-                write_string(out, key);
-                out.push(':');
-                write_canonical(out, value);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (index, item) in items.iter().enumerate() {
-                if index > 0 {
-                    out.push(',');
-                }
-                write_canonical(out, item);
-            }
-            out.push(']');
-        }
-        Value::String(text) => write_string(out, text),
-        // null, booleans and numbers have one compact spelling in serde_json.
-        scalar => out.push_str(&scalar.to_string()),
-    }
-}
-
-fn write_string(out: &mut String, text: &str) {
-    // Serializing a str cannot fail.
-    out.push_str(&serde_json::to_string(text).unwrap_or_default());
 }

@@ -216,6 +216,16 @@ mod tests {
     }
 
     #[test]
+    fn no_text_may_hold_a_nul_character_which_the_store_cannot_keep() {
+        // Postgres jsonb refuses U+0000: refused here, it is a 422 and not a failed insert.
+        assert!(RiderId::parse("rider\u{0}").is_err());
+        assert!(CustomerId::parse("\u{0}").is_err());
+        assert!(OrderRef::parse("order-\u{0}1").is_err());
+        assert!(CancelReason::parse("gone\u{0}").is_err());
+        assert!(Address::new("Main St\u{0} 1", 52.5, 13.4).is_err());
+    }
+
+    #[test]
     fn delivery_ids_must_be_uuids() {
         assert!(DeliveryId::parse("not-a-uuid").is_err());
         assert!(DeliveryId::parse("0190f4c2-7d1e-7cc0-9d8e-5e1a2b3c4d5e").is_ok());

@@ -5,6 +5,7 @@
 //! (given these events, when this command, then these events or this error).
 
 mod actor;
+mod canonical;
 mod chain;
 mod delivery;
 mod envelope;
@@ -13,6 +14,7 @@ mod event;
 mod ids;
 
 pub use actor::{Actor, Role};
+pub use canonical::canonical_json;
 pub use chain::{ChainError, verify_chain};
 pub use delivery::{Command, Delivery, DeliveryState, Status};
 pub use envelope::{DecodeError, EventEnvelope, EventMetadata, SCHEMA_VERSION};

@@ -7,6 +7,7 @@ use domain::{
     DeliveryId, EventEnvelope, OrderRef, PickedUp, RiderAssigned, RiderId, Role, SCHEMA_VERSION,
     verify_chain,
 };
+use sha2::Digest;
 use uuid::Uuid;
 
 fn at(minute: u32) -> DateTime<Utc> {
@@ -327,4 +328,66 @@ fn the_same_event_after_another_previous_hash_has_another_hash() {
         events[1].chain_hash(Some("cd"))
     );
     assert_ne!(events[1].chain_hash(Some("ab")), events[1].chain_hash(None));
+}
+
+/// A delivery created at (-0.0, -0.0): a place on the equator and the prime meridian that
+/// clients may well send with a sign.
+fn sealed_at_negative_zero() -> EventEnvelope {
+    let address = Address::new("Null Island", -0.0, -0.0).expect("a valid address");
+    let change = DeliveryEvent::Created(Created {
+        order_ref: OrderRef::parse("order-1").expect("valid"),
+        customer_id: CustomerId::parse("customer-1").expect("valid"),
+        pickup: address.clone(),
+        dropoff: address,
+    });
+    let mut envelope = sealed().swap_remove(0);
+    envelope.data = change.data();
+    envelope.hash = Some(envelope.chain_hash(None));
+    envelope
+}
+
+/// The event as the store gives it back: `jsonb` keeps numbers as `numeric`, which has no
+/// negative zero, so `-0.0` reads back as `0.0`.
+fn as_stored(mut event: EventEnvelope) -> EventEnvelope {
+    let text = event.data.to_string().replace("-0.0", "0.0");
+    event.data = serde_json::from_str(&text).expect("still JSON");
+    event
+}
+
+#[test]
+fn a_negative_zero_coordinate_verifies_after_the_store_drops_its_sign() {
+    let event = sealed_at_negative_zero();
+    assert!(event.data.to_string().contains("-0.0"), "in memory: signed");
+    assert_eq!(verify_chain(&[as_stored(event)]), Ok(()));
+}
+
+#[test]
+fn a_hash_taken_when_the_form_still_wrote_minus_zero_verifies() {
+    // Events appended before the form dropped the sign of zero were hashed over `-0.0`.
+    let mut event = as_stored(sealed_at_negative_zero());
+    let form = event.canonical_form(None);
+    for legacy in [
+        form.replace(r#""lat":0.0"#, r#""lat":-0.0"#),
+        form.replace(r#""lon":0.0"#, r#""lon":-0.0"#),
+        form.replace(":0.0", ":-0.0"),
+    ] {
+        assert_ne!(legacy, form);
+        let digest = sha2::Sha256::digest(legacy.as_bytes());
+        event.hash = Some(digest.iter().map(|b| format!("{b:02x}")).collect());
+        assert_eq!(
+            verify_chain(std::slice::from_ref(&event)),
+            Ok(()),
+            "{legacy}"
+        );
+    }
+}
+
+#[test]
+fn a_zero_coordinate_changed_to_another_number_is_still_detected() {
+    let mut event = as_stored(sealed_at_negative_zero());
+    event.data["pickup"]["lat"] = serde_json::json!(0.5);
+    assert_eq!(
+        verify_chain(&[event]),
+        Err(ChainError::Changed { version: 1 })
+    );
 }

@@ -39,5 +39,8 @@ create table poison_messages (
     payload bytea,
     error text not null,
     received_at timestamptz not null default now(),
+    message_key_bytes bytea,
+    delivery_id uuid,
+    version bigint,
     primary key (topic, kafka_partition, kafka_offset)
 );

@@ -1,6 +1,8 @@
 //! The Kafka side of the projector: a consumer group member that reads batches, applies each
 //! in one read-database transaction with its offsets, and only then commits to the broker.
 
+use crate::failure::apply_with_retry;
+use crate::offsets::{self, OffsetsAhead};
 use crate::projection::Incoming;
 use crate::store::{self, Applied, Subscription, Target};
 use futures::StreamExt;
@@ -32,6 +34,8 @@ pub struct ProjectorConfig {
 pub enum ProjectorError {
     #[error("Kafka consumer: {0}")]
     Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    OffsetsAhead(#[from] OffsetsAhead),
 }
 
 /// Running totals, readable while the projector runs (benchmarks, logs).
@@ -62,6 +66,9 @@ impl Progress {
 struct StoredOffsets {
     database: PgConnectOptions,
     subscription: Subscription,
+    /// Set when an assignment found stored offsets past a partition's end; `stop` fires then.
+    refused: std::sync::Mutex<Option<OffsetsAhead>>,
+    stop: CancellationToken,
 }
 
 impl ClientContext for StoredOffsets {}
@@ -75,7 +82,25 @@ impl ConsumerContext for StoredOffsets {
     ) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.position(assignment);
+                let stored = self.position(assignment);
+                let partitions: Vec<i32> = stored.keys().copied().collect();
+                let high =
+                    offsets::high_watermarks(consumer, &self.subscription.topic, &partitions);
+                let ahead = offsets::ahead(&stored, &high);
+                if !ahead.is_empty() {
+                    let refusal = OffsetsAhead {
+                        group: self.subscription.group.clone(),
+                        topic: self.subscription.topic.clone(),
+                        partitions: ahead,
+                    };
+                    tracing::error!(%refusal, "not consuming");
+                    if let Ok(mut slot) = self.refused.lock() {
+                        *slot = Some(refusal);
+                    }
+                    self.stop.cancel();
+                    let _ = consumer.unassign();
+                    return;
+                }
                 tracing::info!(partitions = ?partitions_of(assignment), "partitions assigned");
                 if let Err(error) = consumer.assign(assignment) {
                     tracing::error!(%error, "assigning partitions failed");
@@ -103,7 +128,7 @@ impl StoredOffsets {
     /// this from its poll, which cannot await: the lookup runs on a thread of its own with its
     /// own connection. If it fails, the partitions start from the beginning: slow, never wrong,
     /// since the batch transaction skips whatever was already applied.
-    fn position(&self, assignment: &mut TopicPartitionList) {
+    fn position(&self, assignment: &mut TopicPartitionList) -> BTreeMap<i32, i64> {
         let partitions: Vec<i32> = partitions_of(assignment);
         let database = self.database.clone();
         let subscription = self.subscription.clone();
@@ -139,6 +164,7 @@ impl StoredOffsets {
                 tracing::warn!(%error, partition, "cannot position partition");
             }
         }
+        stored
     }
 }
 
@@ -161,6 +187,8 @@ pub async fn run(
     let context = StoredOffsets {
         database: (*pool.connect_options()).clone(),
         subscription: subscription.clone(),
+        refused: std::sync::Mutex::new(None),
+        stop: CancellationToken::new(),
     };
     let consumer: StreamConsumer<StoredOffsets> = ClientConfig::new()
         .set("bootstrap.servers", &config.brokers)
@@ -175,13 +203,22 @@ pub async fn run(
         // latency on those that hold a fetch for its whole wait.
         .set("fetch.wait.max.ms", "5")
         .create_with_context(context)?;
+    offsets::check_at_start(&consumer, &pool, &subscription, &shutdown).await?;
     consumer.subscribe(&[&config.topic])?;
     tracing::info!(topic = %config.topic, group = %config.group, "projector consuming");
 
     let mut batches = consumer.stream().ready_chunks(config.batch_size);
     loop {
+        let refused = consumer.context().stop.clone();
         let chunk = tokio::select! {
             () = shutdown.cancelled() => break,
+            () = refused.cancelled() => {
+                let refusal = consumer.context().refused.lock().ok().and_then(|mut r| r.take());
+                if let Some(refusal) = refusal {
+                    return Err(refusal.into());
+                }
+                break;
+            }
             chunk = batches.next() => chunk,
         };
         let Some(chunk) = chunk else { break };
@@ -214,31 +251,6 @@ pub(crate) fn incoming(message: &impl Message) -> Incoming {
         offset: message.offset(),
         key: message.key().map(<[u8]>::to_vec),
         payload: message.payload().map(<[u8]>::to_vec),
-    }
-}
-
-/// Retries a batch until it commits. `None` when shut down first: nothing of it was committed,
-/// so the next run reads it again from the stored offsets.
-pub(crate) async fn apply_with_retry(
-    pool: &PgPool,
-    target: &Target,
-    subscription: &Subscription,
-    messages: &[Incoming],
-    shutdown: &CancellationToken,
-) -> Option<Applied> {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match store::apply_batch_to(pool, target, subscription, messages).await {
-            Ok(applied) => return Some(applied),
-            Err(error) => {
-                tracing::warn!(%error, retry_in = ?backoff, "applying a batch failed; offsets not committed");
-                tokio::select! {
-                    () = shutdown.cancelled() => return None,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
     }
 }
 

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use domain::{Delivery, DeliveryId, DeliveryState, Event, EventEnvelope, RiderId, Status};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
 
 /// One Kafka message as read, before decoding.
@@ -90,14 +90,20 @@ pub struct ParkedEvent {
     pub kafka_offset: i64,
 }
 
-/// A message that can never be applied (a row of `poison_messages`).
+/// A message that can never be applied (a row of `poison_messages`), as read: the key and
+/// payload are raw bytes, whatever they hold. `poison::Record` makes them storable.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PoisonMessage {
     pub kafka_partition: i32,
     pub kafka_offset: i64,
-    pub message_key: Option<String>,
+    pub message_key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub error: String,
+    /// The delivery it belongs to, when known (its envelope decoded, or its key is a UUID):
+    /// that delivery's later events wait behind it.
+    pub delivery_id: Option<Uuid>,
+    /// Its version, when its envelope decoded.
+    pub version: Option<i64>,
 }
 
 /// How one rider's counters change.
@@ -138,6 +144,9 @@ impl Plan {
 pub struct Current {
     pub rows: HashMap<DeliveryId, DeliveryRow>,
     pub parked: Vec<ParkedEvent>,
+    /// Versions an operator declared skipped (`projector dlq skip`): the delivery moves past
+    /// them as if applied, without their change.
+    pub skipped: HashSet<(DeliveryId, i64)>,
 }
 
 /// A message decoded once: where it came from, and its envelope with the domain fact inside,
@@ -168,11 +177,19 @@ impl Decoded {
         self.offset
     }
 
+    pub fn version(&self) -> Option<i64> {
+        match &self.fact {
+            Ok((envelope, _)) => Some(envelope.version),
+            Err(poison) => poison.version,
+        }
+    }
+
+    /// Whose event it is: from its envelope, or for poison, as far as it could be told.
     pub fn delivery_id(&self) -> Option<DeliveryId> {
-        self.fact
-            .as_ref()
-            .ok()
-            .map(|(envelope, _)| envelope.delivery_id)
+        match &self.fact {
+            Ok((envelope, _)) => Some(envelope.delivery_id),
+            Err(poison) => poison.delivery_id.map(DeliveryId::from_uuid),
+        }
     }
 }
 
@@ -234,6 +251,17 @@ pub fn plan_decoded(current: Current, messages: Vec<Decoded>) -> Plan {
         })
         .collect();
 
+    // Deliveries whose next version was skipped, or whose parked events are next in line (after
+    // a skip or a retry), move on before anything new arrives.
+    let mut ready: Vec<DeliveryId> = tracked.keys().copied().collect();
+    ready.extend(waiting.keys().map(|(id, _)| *id));
+    ready.sort_unstable();
+    ready.dedup();
+    for id in ready {
+        let entry = tracked.entry(id).or_insert_with(Tracked::new);
+        settle(&mut plan, entry, id, &mut waiting, &current.skipped);
+    }
+
     for message in messages {
         plan.next_offsets
             .entry(message.partition)
@@ -242,6 +270,17 @@ pub fn plan_decoded(current: Current, messages: Vec<Decoded>) -> Plan {
         let (envelope, event) = match message.fact {
             Ok(fact) => fact,
             Err(poison) => {
+                // A version the delivery is already past (applied, or skipped by an operator)
+                // is a redelivery, however it reads now: nothing waits on it.
+                if let (Some(id), Some(version)) = (poison.delivery_id, poison.version) {
+                    let id = DeliveryId::from_uuid(id);
+                    let entry = tracked.entry(id).or_insert_with(Tracked::new);
+                    settle(&mut plan, entry, id, &mut waiting, &current.skipped);
+                    if version <= entry.delivery.version {
+                        plan.duplicates += 1;
+                        continue;
+                    }
+                }
                 plan.poison.push(poison);
                 continue;
             }
@@ -253,11 +292,8 @@ pub fn plan_decoded(current: Current, messages: Vec<Decoded>) -> Plan {
             offset: message.offset,
         };
         let id = located.envelope.delivery_id;
-        let entry = tracked.entry(id).or_insert_with(|| Tracked {
-            delivery: Delivery::default(),
-            updated_at: None,
-            changed: false,
-        });
+        let entry = tracked.entry(id).or_insert_with(Tracked::new);
+        settle(&mut plan, entry, id, &mut waiting, &current.skipped);
         let version = located.envelope.version;
         if version <= entry.delivery.version {
             plan.duplicates += 1;
@@ -273,12 +309,7 @@ pub fn plan_decoded(current: Current, messages: Vec<Decoded>) -> Plan {
         }
         apply(&mut plan, entry, located);
         // The event may close a gap: apply whatever was waiting for it, in version order.
-        while let Some((next, stored)) = waiting.remove(&(id, entry.delivery.version + 1)) {
-            if stored {
-                plan.unparked.push((id.as_uuid(), next.envelope.version));
-            }
-            apply(&mut plan, entry, next);
-        }
+        settle(&mut plan, entry, id, &mut waiting, &current.skipped);
     }
 
     for ((_, _), (located, stored)) in waiting {
@@ -318,6 +349,46 @@ pub fn plan_decoded(current: Current, messages: Vec<Decoded>) -> Plan {
     plan
 }
 
+impl Tracked {
+    fn new() -> Self {
+        Tracked {
+            delivery: Delivery::default(),
+            updated_at: None,
+            changed: false,
+        }
+    }
+}
+
+/// Moves a delivery on as far as it can: past versions declared skipped, and through parked
+/// events that are next in line, in version order.
+fn settle(
+    plan: &mut Plan,
+    entry: &mut Tracked,
+    id: DeliveryId,
+    waiting: &mut HashMap<(DeliveryId, i64), (Located, bool)>,
+    skipped: &HashSet<(DeliveryId, i64)>,
+) {
+    loop {
+        let next = entry.delivery.version + 1;
+        if skipped.contains(&(id, next)) {
+            entry.delivery.version = next;
+            continue;
+        }
+        let Some((event, stored)) = waiting.remove(&(id, next)) else {
+            return;
+        };
+        if stored {
+            plan.unparked.push((id.as_uuid(), next));
+        }
+        let before = entry.delivery.version;
+        apply(plan, entry, event);
+        if entry.delivery.version == before {
+            // It could not apply (now poison): its successors keep waiting behind it.
+            return;
+        }
+    }
+}
+
 fn decode(message: &Incoming) -> Result<(EventEnvelope, Event), String> {
     let payload = message
         .payload
@@ -336,16 +407,26 @@ fn poison(message: &Incoming, error: String) -> PoisonMessage {
         partition = message.partition, offset = message.offset, %error,
         "poison message: recorded and skipped"
     );
+    let envelope = (message.payload.as_deref()).and_then(|p| EventEnvelope::from_json(p).ok());
     PoisonMessage {
         kafka_partition: message.partition,
         kafka_offset: message.offset,
-        message_key: message
-            .key
-            .as_deref()
-            .map(|key| String::from_utf8_lossy(key).into_owned()),
+        message_key: message.key.clone(),
         payload: message.payload.clone(),
         error,
+        // An envelope this build cannot apply (a newer schema, say) still says whose event it
+        // is and which version; failing that, the key is the delivery id, by contract. Either
+        // way its delivery's later events are seen waiting behind it.
+        delivery_id: (envelope.as_ref().map(|e| e.delivery_id.as_uuid()))
+            .or_else(|| key_delivery(message.key.as_deref())),
+        version: envelope.map(|e| e.version),
     }
+}
+
+/// The delivery id a message key names, if it is one.
+pub fn key_delivery(key: Option<&[u8]>) -> Option<Uuid> {
+    let text = std::str::from_utf8(key?).ok()?;
+    Uuid::parse_str(text).ok()
 }
 
 /// Folds the next version into the delivery with the domain's own `evolve`, and records the
@@ -401,9 +482,11 @@ fn poison_envelope(
     PoisonMessage {
         kafka_partition: partition,
         kafka_offset: offset,
-        message_key: Some(envelope.delivery_id.to_string()),
+        message_key: Some(envelope.delivery_id.to_string().into_bytes()),
         payload: Some(envelope.to_json()),
         error,
+        delivery_id: Some(envelope.delivery_id.as_uuid()),
+        version: Some(envelope.version),
     }
 }
 

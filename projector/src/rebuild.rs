@@ -14,7 +14,8 @@
 //! on where it stopped. A session lock per projection refuses a second rebuild of the same one.
 
 use crate::catalog::{self, Projection, Writes};
-use crate::consumer::{apply_with_retry, incoming};
+use crate::consumer::incoming;
+use crate::failure::apply_with_retry;
 use crate::projection::Incoming;
 use crate::store::{self, Applied, Subscription, Target};
 use futures::stream::FuturesUnordered;
@@ -55,6 +56,9 @@ pub struct RebuildConfig {
     /// Longest the live projector is held for the last stretch before the switch; past it the
     /// switch is given up, the live projector released, and tried again later.
     pub switch_timeout: Duration,
+    /// Rebuild even when the topic's first events are gone (retention deleted them): the
+    /// rebuilt tables then lack them. Refused otherwise.
+    pub allow_truncated_history: bool,
 }
 
 impl RebuildConfig {
@@ -85,6 +89,24 @@ pub enum RebuildError {
         partition: i32,
         rebuilt: i64,
         live: i64,
+    },
+    #[error(
+        "topic {topic} no longer holds its first events ({}): a rebuild would swap in tables \
+         without them. Rerun with --allow-truncated-history to accept that loss",
+        describe_truncation(.partitions)
+    )]
+    TruncatedHistory {
+        topic: String,
+        partitions: Vec<Truncated>,
+    },
+    #[error(
+        "topic {topic} went from {before} to {now} partitions during the rebuild; nothing was \
+         switched. Run the rebuild again: it resumes and reads the new partitions too"
+    )]
+    PartitionsChanged {
+        topic: String,
+        before: usize,
+        now: usize,
     },
     #[error("a transaction of the replay failed: {0}")]
     Lane(String),
@@ -141,6 +163,44 @@ impl std::fmt::Display for RebuildReport {
 
 /// Per partition, the next offset to read.
 type Offsets = BTreeMap<i32, i64>;
+
+/// A partition whose events before `first_offset` are gone while the replay needs them from
+/// `needed_from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Truncated {
+    pub partition: i32,
+    pub first_offset: i64,
+    pub needed_from: i64,
+}
+
+fn describe_truncation(partitions: &[Truncated]) -> String {
+    partitions
+        .iter()
+        .map(|t| {
+            format!(
+                "partition {} starts at offset {}, the replay needs it from {}",
+                t.partition, t.first_offset, t.needed_from
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The partitions whose first offset (`first`, the low watermarks) is past where the replay
+/// must read from: offset 0 for a fresh rebuild, its staged offset for a resumed one.
+pub fn truncated(first: &Offsets, staged: &Offsets) -> Vec<Truncated> {
+    first
+        .iter()
+        .filter_map(|(&partition, &first_offset)| {
+            let needed_from = staged.get(&partition).copied().unwrap_or(0);
+            (first_offset > needed_from).then_some(Truncated {
+                partition,
+                first_offset,
+                needed_from,
+            })
+        })
+        .collect()
+}
 
 /// Rebuilds `config.projections` and switches them live, or stops early (resumably) when
 /// `shutdown` fires.
@@ -217,6 +277,19 @@ pub async fn rebuild(
         let (low, _) = consumer.fetch_watermarks(&config.topic, partition, WATERMARKS)?;
         first.insert(partition, low);
     }
+    let lost = truncated(&first, &replay.staged);
+    if !lost.is_empty() {
+        if !config.allow_truncated_history {
+            return Err(RebuildError::TruncatedHistory {
+                topic: config.topic.clone(),
+                partitions: lost,
+            });
+        }
+        tracing::warn!(
+            "rebuilding without the topic's first events, as allowed: {}",
+            describe_truncation(&lost)
+        );
+    }
     consumer.assign(&start)?;
     let resumed_at = replay.position(&first);
     let mut meter = Meter::new(config.progress_bar, &names, resumed_at);
@@ -258,6 +331,7 @@ pub async fn rebuild(
         if replay.gap(&live) <= config.batch_size as i64 {
             let switch = Switch {
                 config,
+                consumer: &consumer,
                 partitions: &partitions,
                 names: &names,
                 schema: &schema,
@@ -572,6 +646,8 @@ fn ready_in(partition: i32, pending: &VecDeque<Incoming>, limit: &Offsets) -> us
 /// The last stretch and the swap, with the live projector held between two batches.
 struct Switch<'a> {
     config: &'a RebuildConfig,
+    /// Asked for the partition count once more before the swap.
+    consumer: &'a StreamConsumer,
     partitions: &'a [i32],
     names: &'a [&'static str],
     schema: &'a str,
@@ -622,6 +698,16 @@ impl Switch<'_> {
             replay
                 .step(readers, &live, Duration::from_millis(50), shutdown)
                 .await?;
+        }
+        // Partitions added since the start were never replayed (and the live projector reads
+        // them from their first event): switching now would lose their events.
+        let now = partitions_of(self.consumer, &self.config.topic)?;
+        if now.len() != self.partitions.len() {
+            return Err(RebuildError::PartitionsChanged {
+                topic: self.config.topic.clone(),
+                before: self.partitions.len(),
+                now: now.len(),
+            });
         }
         if !self.take_tables(&mut tx, deadline).await? {
             tracing::info!("the old tables stayed busy; switching later");
@@ -991,5 +1077,33 @@ impl Meter {
 
     fn finish(&self) {
         self.bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_that_no_longer_starts_where_the_replay_needs_it_is_truncated() {
+        let first = Offsets::from([(0, 0), (1, 2), (2, 5), (3, 7)]);
+        // Partition 2 resumes at 5 (it was replayed that far), partition 3 at 6: one lost.
+        let staged = Offsets::from([(2, 5), (3, 6)]);
+        assert_eq!(
+            truncated(&first, &staged),
+            [
+                Truncated {
+                    partition: 1,
+                    first_offset: 2,
+                    needed_from: 0
+                },
+                Truncated {
+                    partition: 3,
+                    first_offset: 7,
+                    needed_from: 6
+                }
+            ]
+        );
+        assert!(truncated(&Offsets::from([(0, 0)]), &Offsets::new()).is_empty());
     }
 }

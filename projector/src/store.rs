@@ -3,8 +3,9 @@
 
 use crate::catalog::Writes;
 use crate::copy::CopyRows;
+use crate::poison;
 use crate::projection::{
-    self, Current, Decoded, DeliveryRow, HistoryRow, Incoming, ParkedEvent, Plan,
+    self, Current, Decoded, DeliveryRow, HistoryRow, Incoming, ParkedEvent, Plan, PoisonMessage,
 };
 use domain::DeliveryId;
 use sqlx::types::Json;
@@ -31,7 +32,7 @@ pub enum Target {
 
 impl Target {
     /// The `search_path` its batches run with.
-    fn search_path(&self) -> String {
+    pub(crate) fn search_path(&self) -> String {
         match self {
             Target::Live => "public".to_owned(),
             Target::Staging { schema, .. } => format!("\"{}\"", schema.replace('"', "\"\"")),
@@ -232,7 +233,10 @@ pub async fn stored_offsets(
     Ok(rows.into_iter().collect())
 }
 
-async fn load_current(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Current, sqlx::Error> {
+pub(crate) async fn load_current(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<Current, sqlx::Error> {
     let rows: Vec<Json<DeliveryRow>> = sqlx::query_scalar(
         "select to_jsonb(d) from deliveries d where delivery_id = any($1) \
          order by delivery_id for update",
@@ -240,22 +244,34 @@ async fn load_current(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Current, 
     .bind(ids)
     .fetch_all(&mut *conn)
     .await?;
-    let parked: Vec<Json<ParkedEvent>> =
-        sqlx::query_scalar("select to_jsonb(p) from parked_events p where delivery_id = any($1)")
-            .bind(ids)
-            .fetch_all(&mut *conn)
-            .await?;
+    // One round trip for the parked events and the skipped versions. The skips are operator
+    // decisions, not part of any projection: a rebuild (whose search_path is its own schema)
+    // honours them too, so they are read from `public` by name.
+    type Waiting = (Json<Vec<ParkedEvent>>, Json<Vec<(Uuid, i64)>>);
+    let (parked, skipped): Waiting = sqlx::query_as(
+        "select (select coalesce(jsonb_agg(to_jsonb(p)), '[]') from parked_events p
+                 where delivery_id = any($1)),
+                (select coalesce(jsonb_agg(jsonb_build_array(delivery_id, version)), '[]')
+                 from public.dlq_actions
+                 where action = 'skip' and version is not null and delivery_id = any($1))",
+    )
+    .bind(ids)
+    .fetch_one(&mut *conn)
+    .await?;
     Ok(Current {
         rows: rows
             .into_iter()
             .map(|Json(row)| (DeliveryId::from_uuid(row.state.delivery_id.as_uuid()), row))
             .collect(),
-        parked: parked.into_iter().map(|Json(p)| p).collect(),
+        parked: parked.0,
+        skipped: (skipped.0.into_iter())
+            .map(|(id, version)| (DeliveryId::from_uuid(id), version))
+            .collect(),
     })
 }
 
 /// Many rows per statement: each table gets one statement per batch, fed as arrays.
-async fn write(
+pub(crate) async fn write(
     conn: &mut PgConnection,
     subscription: &Subscription,
     writes: Writes,
@@ -339,22 +355,27 @@ async fn write(
         .execute(&mut *conn)
         .await?;
     }
-    for poison in &plan.poison {
-        sqlx::query(
-            "insert into poison_messages \
-                 (topic, kafka_partition, kafka_offset, message_key, payload, error)
-             values ($1, $2, $3, $4, $5, $6) on conflict do nothing",
-        )
-        .bind(&subscription.topic)
-        .bind(poison.kafka_partition)
-        .bind(poison.kafka_offset)
-        .bind(&poison.message_key)
-        .bind(&poison.payload)
-        .bind(&poison.error)
-        .execute(&mut *conn)
-        .await?;
+    if !plan.poison.is_empty() {
+        let skipped = skipped_messages(conn, &subscription.topic, &plan.poison).await?;
+        let records: Vec<poison::Record> = (plan.poison.iter())
+            .filter(|p| !skipped.contains(&(p.kafka_partition, p.kafka_offset)))
+            .map(poison::Record::of)
+            .collect();
+        poison::insert(conn, &subscription.topic, &records).await?;
     }
-    let (partitions, offsets): (Vec<i32>, Vec<i64>) = plan.next_offsets.iter().unzip();
+    if plan.next_offsets.is_empty() {
+        return Ok(()); // a `dlq` action: it moves no offset
+    }
+    store_offsets(conn, subscription, &plan.next_offsets).await
+}
+
+/// Moves the subscription's stored offsets forward (never back) to `next`.
+pub(crate) async fn store_offsets(
+    conn: &mut PgConnection,
+    subscription: &Subscription,
+    next: &BTreeMap<i32, i64>,
+) -> Result<(), sqlx::Error> {
+    let (partitions, offsets): (Vec<i32>, Vec<i64>) = next.iter().unzip();
     sqlx::query(
         "insert into consumer_offsets (consumer_group, topic, kafka_partition, next_offset)
          select $1, $2, p, o from unnest($3::int[], $4::bigint[]) as t(p, o)
@@ -369,6 +390,30 @@ async fn write(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// The poison messages an operator already skipped (`projector dlq skip`): a rebuild that
+/// reads them again does not make them stuck again.
+async fn skipped_messages(
+    conn: &mut PgConnection,
+    topic: &str,
+    poison: &[PoisonMessage],
+) -> Result<HashSet<(i32, i64)>, sqlx::Error> {
+    let (partitions, offsets): (Vec<i32>, Vec<i64>) = poison
+        .iter()
+        .map(|p| (p.kafka_partition, p.kafka_offset))
+        .unzip();
+    let rows: Vec<(i32, i64)> = sqlx::query_as(
+        "select kafka_partition, kafka_offset from public.dlq_actions
+         where action = 'skip' and topic = $1
+           and (kafka_partition, kafka_offset) in (select * from unnest($2::int[], $3::bigint[]))",
+    )
+    .bind(topic)
+    .bind(&partitions)
+    .bind(&offsets)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// The columns the writes of `deliveries` and `delivery_history` fill, in the order both

@@ -98,6 +98,7 @@ fn a_version_gap_parks_the_event_until_the_missing_version_arrives() {
             .map(|row| (row.state.delivery_id, row))
             .collect(),
         parked: gap.parked,
+        ..Current::default()
     };
     let second = message(2, &envelope(id(1), 2, assigned("rider-1")));
     let filled = plan(current, vec![second]);
@@ -156,7 +157,7 @@ fn undecodable_messages_are_poison_and_the_partition_moves_on() {
     let offsets: Vec<i64> = plan.poison.iter().map(|p| p.kafka_offset).collect();
     assert_eq!(offsets, [7, 8, 9]);
     assert!(plan.poison[1].error.contains("delivery.teleported"));
-    assert_eq!(plan.poison[0].message_key.as_deref(), Some("k"));
+    assert_eq!(plan.poison[0].message_key.as_deref(), Some(&b"k"[..]));
     assert!(plan.deliveries.is_empty());
     assert_eq!(plan.next_offsets, BTreeMap::from([(3, 10)]));
 }

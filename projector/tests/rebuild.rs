@@ -14,7 +14,10 @@ use projector::catalog::{self, Projection};
 use projector::rebuild::{RebuildConfig, RebuildError, RebuildReport, rebuild};
 use projector::{Progress, ProjectorConfig};
 use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::Value;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -145,6 +148,7 @@ impl Setup {
             lanes: 2,
             progress_bar: false,
             switch_timeout: Duration::from_secs(10),
+            allow_truncated_history: false,
         }
     }
 
@@ -247,7 +251,7 @@ impl Setup {
         .expect("read model query")
     }
 
-    /// The indexes and constraints of every projection's tables in `public`.
+    /// The columns, indexes and constraints of every projection's tables in `public`.
     async fn table_shapes(&self) -> Value {
         let tables: Vec<&str> = catalog::ALL
             .iter()
@@ -255,6 +259,10 @@ impl Setup {
             .collect();
         sqlx::query_scalar(
             "select jsonb_build_object(
+                'columns', (select jsonb_agg(table_name || '.' || column_name || ' ' || data_type
+                                || ' ' || is_nullable order by table_name, ordinal_position)
+                            from information_schema.columns
+                            where table_schema = 'public' and table_name = any($1)),
                 'indexes', (select jsonb_agg(indexdef order by indexname) from pg_indexes
                             where schemaname = 'public' and tablename = any($1)),
                 'constraints', (select jsonb_agg(conrelid::regclass || ' ' || conname || ': '
@@ -573,4 +581,125 @@ async fn a_second_rebuild_of_the_same_projection_is_refused(pool: PgPool) {
     // Once the first has stopped, the same projection can be rebuilt.
     setup.rebuild(&setup.config(&[&catalog::COUNTS])).await;
     assert_eq!(setup.counts().await, expected_counts(100));
+}
+
+fn admin(broker: &Broker) -> AdminClient<DefaultClientContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &broker.address)
+        .create()
+        .expect("admin client")
+}
+
+#[sqlx::test(migrator = "migrations::READ")]
+async fn a_rebuild_of_a_topic_that_lost_its_first_events_is_refused_unless_allowed(pool: PgPool) {
+    let setup = Setup::new(pool).await;
+    let live = setup.live_projector();
+    setup.publish(&deliveries(0..20)).await;
+    setup.live_applied(5 * 10).await;
+    live.stop().await;
+    // Retention deleted the first two events of partition 1.
+    let mut first = TopicPartitionList::new();
+    first
+        .add_partition_offset(TOPIC, 1, Offset::Offset(2))
+        .expect("offset");
+    let deleted = admin(&setup.broker)
+        .delete_records(&first, &AdminOptions::new())
+        .await
+        .expect("records deleted");
+    assert!(
+        deleted.elements().iter().all(|e| e.error().is_ok()),
+        "{deleted:?}"
+    );
+    let before = setup.read_model().await;
+
+    let refused = rebuild(
+        &setup.pool,
+        &setup.config(&catalog::ALL),
+        &CancellationToken::new(),
+    )
+    .await;
+    let Err(error @ RebuildError::TruncatedHistory { .. }) = refused else {
+        panic!("expected a refusal, got {refused:?}");
+    };
+    let message = error.to_string();
+    assert!(
+        message.contains("partition 1 starts at offset 2")
+            && message.contains("--allow-truncated-history"),
+        "{message}"
+    );
+    assert_eq!(setup.read_model().await, before, "nothing was switched");
+
+    let mut config = setup.config(&catalog::ALL);
+    config.allow_truncated_history = true;
+    let report = setup.rebuild(&config).await;
+    assert_eq!(report.applied, 5 * 10 - 2);
+}
+
+#[sqlx::test(migrator = "migrations::READ")]
+async fn a_partition_count_changed_during_a_rebuild_stops_it_before_the_switch(pool: PgPool) {
+    let setup = Setup::new(pool).await;
+    let live = setup.live_projector();
+    setup.publish(&deliveries(0..20)).await;
+    setup.live_applied(5 * 10).await;
+    live.stop().await;
+    setup.execute(DAMAGE).await;
+    let damaged = setup.read_model().await;
+
+    // The live projector's partition locks, held, keep the switch from happening until the
+    // partition count has changed.
+    let mut holder = setup.pool.begin().await.expect("tx");
+    let live_offsets = projector::Subscription {
+        group: LIVE_GROUP.into(),
+        topic: TOPIC.into(),
+    };
+    projector::store::lock_partitions(&mut holder, &live_offsets, &[0, 1, 2])
+        .await
+        .expect("live partitions locked");
+    let config = setup.config(&catalog::ALL);
+    let add_partition = async {
+        eventually(
+            Duration::from_secs(60),
+            "the replay to catch up",
+            || async {
+                let indexed: Option<i32> = sqlx::query_scalar(
+                "select cardinality(indexed) from rebuild_counts_deliveries_history.rebuild_info",
+            )
+            .fetch_one(&setup.pool)
+            .await
+            .unwrap_or(None);
+                (indexed == Some(3)).then_some(())
+            },
+        )
+        .await;
+        // The test broker does not support CreatePartitions: the topic is recreated with one
+        // more partition instead, which changes the count the same way.
+        let admin = admin(&setup.broker);
+        let options = AdminOptions::new();
+        let deleted = admin
+            .delete_topics(&[TOPIC], &options)
+            .await
+            .expect("deleted");
+        assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+        let topic = NewTopic::new(TOPIC, 4, TopicReplication::Fixed(1));
+        let created = admin
+            .create_topics(&[topic], &options)
+            .await
+            .expect("created");
+        assert!(created.iter().all(Result::is_ok), "{created:?}");
+        holder.rollback().await.expect("locks released");
+    };
+    let never = CancellationToken::new();
+    let (outcome, ()) = tokio::join!(rebuild(&setup.pool, &config, &never), add_partition);
+    assert!(
+        matches!(
+            outcome,
+            Err(RebuildError::PartitionsChanged {
+                before: 3,
+                now: 4,
+                ..
+            })
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(setup.read_model().await, damaged, "nothing was switched");
 }

@@ -2,10 +2,11 @@
 //! Ctrl-C or SIGTERM.
 
 use crate::auth::Tokens;
-use crate::http::{AppState, app};
-use crate::projection::ProjectionWatch;
+use crate::bounds::{HttpBounds, PoolBounds};
+use crate::http::{AppState, app_with_bounds};
+use crate::projection::{DEFAULT_MAX_WAITERS, ProjectionWatch};
 use anyhow::Context;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -32,25 +33,109 @@ pub struct Config {
     #[arg(long, env = "QUERY_API_MAX_WAIT_MS", default_value_t = 2000,
           value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub max_wait_ms: u64,
+    /// Reads with `?min_version=` allowed to wait for the projector at once; past this a read
+    /// that would wait gets 503 `too-many-waiters` at once.
+    #[arg(long, env = "QUERY_API_MAX_WAITERS", default_value_t = DEFAULT_MAX_WAITERS as u32,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_waiters: u32,
+    /// The longest a read waits for a pooled connection, in milliseconds, before answering 503
+    /// `database-unavailable`. Must be below QUERY_API_MAX_WAIT_MS (when that is not 0).
+    #[arg(long, env = "QUERY_API_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub db_acquire_timeout_ms: u64,
+    /// Postgres `statement_timeout` on every connection, in milliseconds; a statement that
+    /// runs longer is cancelled and the read answers 503 `read-timed-out`.
+    #[arg(long, env = "QUERY_API_STATEMENT_TIMEOUT_MS", default_value_t = 3000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub statement_timeout_ms: u64,
+    /// The longest a request may take, in milliseconds, before it answers 503
+    /// `request-timed-out`. Must exceed QUERY_API_MAX_WAIT_MS + QUERY_API_DB_ACQUIRE_TIMEOUT_MS +
+    /// QUERY_API_STATEMENT_TIMEOUT_MS, so a wait always gets to give its own answer.
+    #[arg(long, env = "QUERY_API_REQUEST_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub request_timeout_ms: u64,
+    /// Requests served at once (health checks aside); past this a request gets 503
+    /// `overloaded` at once.
+    #[arg(long, env = "QUERY_API_MAX_CONCURRENT_REQUESTS", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_concurrent_requests: u32,
+}
+
+/// Every bound the configuration sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    pub http: HttpBounds,
+    pub pool: PoolBounds,
+    /// Reads waiting for the projector at once (`ProjectionWatch::with_max_waiters`).
+    pub max_waiters: usize,
+}
+
+/// Bounds that contradict each other.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BoundsError {
+    #[error(
+        "the pool's acquire timeout ({acquire_ms} ms) must be below the read-your-writes wait \
+         ({wait_ms} ms): a read that cannot get a connection must learn it before its wait ends"
+    )]
+    AcquireNotBelowWait { acquire_ms: u64, wait_ms: u64 },
+    #[error(
+        "the request timeout ({request_ms} ms) must exceed the wait, the acquire timeout and the \
+         statement timeout together ({needed_ms} ms), or it cuts off waits that would answer"
+    )]
+    RequestTimeoutTooShort { request_ms: u64, needed_ms: u64 },
+}
+
+impl Config {
+    /// The bounds this configuration sets, once they are checked against each other.
+    pub fn bounds(&self) -> Result<Bounds, BoundsError> {
+        if self.max_wait_ms > 0 && self.db_acquire_timeout_ms >= self.max_wait_ms {
+            return Err(BoundsError::AcquireNotBelowWait {
+                acquire_ms: self.db_acquire_timeout_ms,
+                wait_ms: self.max_wait_ms,
+            });
+        }
+        let needed_ms = self.max_wait_ms + self.db_acquire_timeout_ms + self.statement_timeout_ms;
+        if self.request_timeout_ms <= needed_ms {
+            return Err(BoundsError::RequestTimeoutTooShort {
+                request_ms: self.request_timeout_ms,
+                needed_ms,
+            });
+        }
+        let http = HttpBounds {
+            max_concurrent_requests: self.max_concurrent_requests as usize,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+        };
+        let pool = PoolBounds {
+            connections: self.db_connections,
+            acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
+            statement_timeout: Duration::from_millis(self.statement_timeout_ms),
+        };
+        Ok(Bounds {
+            http,
+            pool,
+            max_waiters: self.max_waiters as usize,
+        })
+    }
 }
 
 /// Connects, starts listening for projector commits, and serves until shut down.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     let tokens = Tokens::parse(&config.tokens).context("reading QUERY_API_TOKENS")?;
+    let bounds = config.bounds().context("checking the bounds")?;
     let options: PgConnectOptions = config
         .database_url
         .parse()
         .context("reading QUERY_API_DATABASE_URL")?;
-    // Belt and braces: the role can only read, and every transaction says so too.
-    let options = options.options([("default_transaction_read_only", "on")]);
-    let pool = PgPoolOptions::new()
-        .max_connections(config.db_connections)
-        .connect_with(options)
+    let pool = bounds
+        .pool
+        .pool_options()
+        .connect_with(bounds.pool.connect_options(options))
         .await
         .context("connecting to the read database (QUERY_API_DATABASE_URL)")?;
     let projection = ProjectionWatch::listen(&pool)
         .await
-        .context("listening for projector commits")?;
+        .context("listening for projector commits")?
+        .with_max_waiters(bounds.max_waiters);
     let state = AppState {
         pool,
         tokens,
@@ -61,7 +146,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     tracing::info!(address = %listener.local_addr()?, "query API listening");
-    axum::serve(listener, app(state))
+    axum::serve(listener, app_with_bounds(state, bounds.http))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving")
@@ -105,6 +190,10 @@ mod tests {
         .expect("valid flags");
         assert_eq!(config.listen, "127.0.0.1:8081".parse().expect("address"));
         assert_eq!((config.db_connections, config.max_wait_ms), (16, 2000));
+        let bounds = config.bounds().expect("the defaults agree with each other");
+        assert_eq!(bounds.http, HttpBounds::default());
+        assert_eq!(bounds.pool, PoolBounds::default());
+        assert_eq!(bounds.max_waiters, DEFAULT_MAX_WAITERS);
         assert!(
             Config::try_parse_from(["query-api", "--tokens", "x", "--db-connections", "1"])
                 .is_err()
@@ -116,8 +205,77 @@ mod tests {
             "QUERY_API_TOKENS",
             "QUERY_API_DB_CONNECTIONS",
             "QUERY_API_MAX_WAIT_MS",
+            "QUERY_API_MAX_WAITERS",
+            "QUERY_API_DB_ACQUIRE_TIMEOUT_MS",
+            "QUERY_API_STATEMENT_TIMEOUT_MS",
+            "QUERY_API_REQUEST_TIMEOUT_MS",
+            "QUERY_API_MAX_CONCURRENT_REQUESTS",
         ] {
             assert!(help.contains(variable), "{variable} missing from --help");
+        }
+    }
+
+    fn with(flags: &[&str]) -> Config {
+        let mut args = vec![
+            "query-api",
+            "--database-url",
+            "postgres://x@h/d",
+            "--tokens",
+            "t",
+        ];
+        args.extend_from_slice(flags);
+        Config::try_parse_from(args).expect("valid flags")
+    }
+
+    #[test]
+    fn bounds_that_contradict_each_other_are_refused_at_start_up() {
+        assert_eq!(
+            with(&["--db-acquire-timeout-ms", "2000"]).bounds().err(),
+            Some(BoundsError::AcquireNotBelowWait {
+                acquire_ms: 2000,
+                wait_ms: 2000
+            })
+        );
+        // With waits turned off there is no wait to stay below.
+        assert!(
+            with(&["--max-wait-ms", "0", "--db-acquire-timeout-ms", "5000"])
+                .bounds()
+                .is_ok()
+        );
+        assert_eq!(
+            with(&["--request-timeout-ms", "6000"]).bounds().err(),
+            Some(BoundsError::RequestTimeoutTooShort {
+                request_ms: 6000,
+                needed_ms: 6000
+            })
+        );
+        let bounds = with(&[
+            "--max-waiters",
+            "3",
+            "--max-concurrent-requests",
+            "7",
+            "--statement-timeout-ms",
+            "250",
+            "--request-timeout-ms",
+            "3251",
+        ])
+        .bounds()
+        .expect("consistent bounds");
+        assert_eq!(
+            (bounds.max_waiters, bounds.http.max_concurrent_requests),
+            (3, 7)
+        );
+        assert_eq!(bounds.http.request_timeout, Duration::from_millis(3251));
+        assert_eq!(bounds.pool.statement_timeout, Duration::from_millis(250));
+        for zero in [
+            "--max-waiters",
+            "--max-concurrent-requests",
+            "--request-timeout-ms",
+        ] {
+            assert!(
+                Config::try_parse_from(["query-api", "--tokens", "t", zero, "0"]).is_err(),
+                "{zero} 0"
+            );
         }
     }
 }

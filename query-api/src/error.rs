@@ -27,6 +27,29 @@ pub enum ApiError {
     /// added later, before `projector rebuild` has built it).
     #[error("this read needs a projection that is not built yet; retry once it has been rebuilt")]
     ProjectionUnavailable,
+    /// As many reads as allowed already wait for the projector (`--max-waiters`). Refused at
+    /// once rather than queued: a crowd of waiters must not starve plain reads.
+    #[error("too many reads are waiting for the projector; retry shortly")]
+    TooManyWaiters,
+    /// As many requests as allowed are in flight (`--max-concurrent-requests`): shed, not queued.
+    #[error("the query API is at its concurrency limit; retry shortly")]
+    Overloaded,
+    /// The whole request took longer than `--request-timeout-ms`.
+    #[error("the read took longer than the request timeout; retry shortly")]
+    RequestTimedOut,
+    /// A statement ran into the pool's `statement_timeout` (or was cancelled by the server).
+    #[error("the read database did not answer in time; retry shortly")]
+    ReadTimedOut,
+    /// The read database cannot be reached or used right now: no connection within the
+    /// acquire timeout, a connection lost mid-read, a server shutting down or starting up.
+    #[error("the read database is unavailable; retry shortly")]
+    DatabaseUnavailable(#[source] sqlx::Error),
+    /// No route has this path (the router's fallback).
+    #[error("no resource at this path")]
+    RouteNotFound,
+    /// The path exists, the method does not (the `Allow` header lists those that do).
+    #[error("this path does not support this method")]
+    MethodNotAllowed,
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
 }
@@ -35,11 +58,18 @@ impl ApiError {
     pub fn status_code(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::DeliveryNotFound | ApiError::RiderNotFound => StatusCode::NOT_FOUND,
-            ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotYetProjected { .. } | ApiError::ProjectionUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
+            ApiError::DeliveryNotFound | ApiError::RiderNotFound | ApiError::RouteNotFound => {
+                StatusCode::NOT_FOUND
             }
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotYetProjected { .. }
+            | ApiError::ProjectionUnavailable
+            | ApiError::TooManyWaiters
+            | ApiError::Overloaded
+            | ApiError::RequestTimedOut
+            | ApiError::ReadTimedOut
+            | ApiError::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -53,6 +83,13 @@ impl ApiError {
             ApiError::InvalidQuery(_) => "invalid-query",
             ApiError::NotYetProjected { .. } => "not-yet-projected",
             ApiError::ProjectionUnavailable => "projection-unavailable",
+            ApiError::TooManyWaiters => "too-many-waiters",
+            ApiError::Overloaded => "overloaded",
+            ApiError::RequestTimedOut => "request-timed-out",
+            ApiError::ReadTimedOut => "read-timed-out",
+            ApiError::DatabaseUnavailable(_) => "database-unavailable",
+            ApiError::RouteNotFound => "route-not-found",
+            ApiError::MethodNotAllowed => "method-not-allowed",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -60,15 +97,52 @@ impl ApiError {
     pub(crate) fn invalid_query(detail: impl Into<String>) -> Self {
         ApiError::InvalidQuery(detail.into())
     }
+
+    /// Seconds a client should wait before retrying; every 503 has one (RFC 9110 `Retry-After`).
+    pub fn retry_after(&self) -> Option<u32> {
+        match self {
+            // A rebuild takes a while; asking every second helps nobody.
+            ApiError::ProjectionUnavailable => Some(30),
+            // The projector commits in small batches, a restart or a crowd passes in seconds:
+            // a second is usually plenty.
+            _ if self.status_code() == StatusCode::SERVICE_UNAVAILABLE => Some(1),
+            _ => None,
+        }
+    }
+
+    /// Whether the same read may succeed a moment later: worth retrying inside a wait.
+    pub(crate) fn is_transient(&self) -> bool {
+        matches!(self, ApiError::DatabaseUnavailable(_))
+    }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         match &error {
-            // undefined_table: the query table is not there.
-            sqlx::Error::Database(e) if e.code().as_deref() == Some("42P01") => {
-                ApiError::ProjectionUnavailable
-            }
+            sqlx::Error::Database(e) => match e.code().as_deref() {
+                // undefined_table: the query table is not there.
+                Some("42P01") => ApiError::ProjectionUnavailable,
+                // query_canceled: our statement_timeout (or an operator's pg_cancel_backend).
+                Some("57014") => ApiError::ReadTimedOut,
+                // Class 08 connection exception, class 53 insufficient resources (too many
+                // connections, out of memory), and the server shutting down (57P01 admin,
+                // 57P02 crash) or starting up (57P03): a restart or an outage, not a bug.
+                Some(code)
+                    if code.starts_with("08")
+                        || code.starts_with("53")
+                        || matches!(code, "57P01" | "57P02" | "57P03") =>
+                {
+                    ApiError::DatabaseUnavailable(error)
+                }
+                _ => ApiError::Internal(error.into()),
+            },
+            // No connection within the acquire timeout (the server is down or every
+            // connection is busy), or the connection broke under the read.
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => ApiError::DatabaseUnavailable(error),
             _ => ApiError::Internal(error.into()),
         }
     }
@@ -83,9 +157,14 @@ impl From<QueryRejection> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status_code();
-        if let ApiError::Internal(cause) = &self {
+        match &self {
             // Logged once, inside the request span; the client never sees internal text.
-            tracing::error!(error = ?cause, "query failed");
+            ApiError::Internal(cause) => tracing::error!(error = ?cause, "query failed"),
+            // Expected during a database restart: loud enough to see, not an error of ours.
+            ApiError::DatabaseUnavailable(cause) => {
+                tracing::warn!(error = %cause, "read database unavailable");
+            }
+            _ => {}
         }
         let body = json!({
             "type": format!("https://delivery-platform.dev/problems/{}", self.code()),
@@ -100,15 +179,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        match self {
-            ApiError::Unauthorized => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            }
-            // The projector commits in small batches: a second is usually plenty.
-            ApiError::NotYetProjected { .. } => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
-            _ => {}
+        if let ApiError::Unauthorized = self {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(seconds) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

@@ -1,6 +1,7 @@
 //! The router, the state every handler shares, and the extractors and helpers they have in common.
 
 use crate::auth::{Tokens, require_token};
+use crate::bounds::{Gate, HttpBounds, bound};
 use crate::error::ApiError;
 use crate::projection::{ProjectionWatch, Waited};
 use crate::{deliveries, history, riders, stats};
@@ -28,23 +29,39 @@ pub struct AppState {
     pub projection: ProjectionWatch,
 }
 
-/// The query API as a router, ready to serve or to drive in tests.
+/// The query API as a router with the default [`HttpBounds`], ready to serve or to drive in
+/// tests.
 pub fn app(state: AppState) -> Router {
+    app_with_bounds(state, HttpBounds::default())
+}
+
+/// The query API as a router with the given bounds.
+pub fn app_with_bounds(state: AppState, bounds: HttpBounds) -> Router {
     let reads = Router::new()
         .route("/deliveries", get(deliveries::list))
         .route("/deliveries/{id}", get(deliveries::get))
         .route("/deliveries/{id}/history", get(history::get))
         .route("/riders/{id}/deliveries", get(riders::get))
         .route("/stats", get(stats::get))
-        // A route layer: unknown paths stay plain 404s instead of asking for a token.
+        // Route layers: an unknown path is a 404 without asking for a token, and neither it
+        // nor a health check counts against the concurrency limit.
         .route_layer(middleware::from_fn_with_state(
             state.tokens.clone(),
             require_token,
-        ));
+        ))
+        // Outermost, so a crowd is shed before any other work.
+        .route_layer(middleware::from_fn_with_state(Gate::new(&bounds), bound));
     Router::new()
         .merge(reads)
         .route("/health", get(|| async { "ok" }))
-        .layer(TraceLayer::new_for_http())
+        .fallback(|| async { ApiError::RouteNotFound })
+        // After every route: it applies to the routes registered so far. axum still adds the
+        // `Allow` header naming the methods the path has.
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        // `ApiError` logs the 5xx worth logging, once (internal at error, an unavailable
+        // database at warn); the layer would log every 503 again at error, a line per shed
+        // request when a crowd is being shed.
+        .layer(TraceLayer::new_for_http().on_failure(()))
         .with_state(state)
 }
 

@@ -5,22 +5,26 @@
 //! Code tour: `http` (router, shared state and extractors) -> one module per resource
 //! (`deliveries`, `history`, `riders`, `stats`), each with its queries beside its handler;
 //! `projection` waits for the projector for read-your-writes; `cursor` is the keyset
-//! pagination position; `auth` and `error` are the boundary; `config` starts the binary.
+//! pagination position; `auth` and `error` are the boundary; `bounds` limits the work taken
+//! on; `config` starts the binary.
 
 pub mod auth;
+pub mod bounds;
 pub mod config;
 mod cursor;
 mod deliveries;
 pub mod error;
 mod history;
 mod http;
+mod listener;
 pub mod projection;
 mod riders;
 mod stats;
 
 pub use auth::Tokens;
+pub use bounds::{HttpBounds, PoolBounds};
 pub use config::{Config, serve};
 pub use deliveries::DeliveryView;
 pub use error::ApiError;
-pub use http::{AppState, app};
+pub use http::{AppState, app, app_with_bounds};
 pub use projection::ProjectionWatch;

@@ -8,33 +8,31 @@
 //! delivery reached the version it waits for, when an empty payload or a reconnect says
 //! anything may have moved, and every 500 ms anyway. So a thousand waiting requests cost one
 //! query each when they are answered, not one per projector commit.
+//!
+//! Waiting is bounded: at most `max_waiters` reads wait at once (past that, 503 at once), and a
+//! waiter holds no pooled connection between its reads. The listening task itself survives a
+//! database restart: see `listener`.
 
 use crate::error::ApiError;
+use crate::listener::{Heard, ListenerStatus, keep_listening, lock};
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-/// The channel the projector notifies after each committed batch.
-pub const CHANNEL: &str = "projection";
+pub use crate::listener::CHANNEL;
 
 /// The fallback re-check interval while waiting.
 const RECHECK: Duration = Duration::from_millis(500);
 
-/// Deliveries whose heard version is remembered; past this the memory starts afresh (and every
-/// waiter re-reads once).
-const REMEMBERED: usize = 100_000;
-
 /// No read holds a request longer than this, whatever it is configured to.
 const LONGEST_WAIT: Duration = Duration::from_secs(60);
 
-/// How long to wait before trying again when the listener connection cannot be re-established.
-const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
+/// How many reads may wait at once unless configured (`--max-waiters`).
+pub const DEFAULT_MAX_WAITERS: usize = 64;
 
 /// Wakes waiting reads when the projector commits. Cheap to clone; the listening task ends when
 /// the last clone is dropped (or the pool is closed).
@@ -43,46 +41,10 @@ pub struct ProjectionWatch {
     /// Counts the commits seen (and reconnects, after which commits may have been missed).
     commits: watch::Receiver<u64>,
     heard: Arc<Mutex<Heard>>,
-}
-
-/// What the notifications said.
-#[derive(Debug, Default)]
-struct Heard {
-    /// The latest version announced per delivery.
-    versions: HashMap<Uuid, i64>,
-    /// Moves when anything may have changed unannounced: an empty payload, a reconnect, or
-    /// the memory starting afresh.
-    anything: u64,
-}
-
-impl Heard {
-    fn record(&mut self, payload: &str) {
-        if payload.is_empty() {
-            self.anything += 1;
-            return;
-        }
-        if self.versions.len() > REMEMBERED {
-            self.versions.clear();
-            self.anything += 1;
-        }
-        for entry in payload.split(',') {
-            let parsed = entry.split_once(':').and_then(|(id, version)| {
-                Some((Uuid::parse_str(id).ok()?, version.parse::<i64>().ok()?))
-            });
-            match parsed {
-                Some((id, version)) => {
-                    let known = self.versions.entry(id).or_insert(version);
-                    *known = (*known).max(version);
-                }
-                // Not ours to understand: treat it as "something moved".
-                None => self.anything += 1,
-            }
-        }
-    }
-}
-
-fn lock(heard: &Mutex<Heard>) -> MutexGuard<'_, Heard> {
-    heard.lock().unwrap_or_else(PoisonError::into_inner)
+    /// One permit per read allowed to wait; shared by every clone.
+    waiters: Arc<Semaphore>,
+    max_waiters: usize,
+    status: Arc<ListenerStatus>,
 }
 
 /// The outcome of a read that waits for the projection to catch up.
@@ -95,18 +57,52 @@ pub enum Waited<T> {
 }
 
 impl ProjectionWatch {
-    /// LISTENs on [`CHANNEL`] with one of `pool`'s connections (held for the watch's lifetime)
-    /// and spawns the task that wakes waiters. Must be called inside a Tokio runtime.
+    /// LISTENs on [`CHANNEL`] with one of `pool`'s connections (held for the watch's lifetime,
+    /// replaced when it is lost) and spawns the task that wakes waiters. Fails only if the
+    /// first LISTEN fails: a process that cannot reach its database at start-up says so.
+    /// Must be called inside a Tokio runtime.
     pub async fn listen(pool: &PgPool) -> Result<Self, sqlx::Error> {
-        let mut listener = PgListener::connect_with(pool).await?;
-        listener.listen(CHANNEL).await?;
+        let listener = crate::listener::connect(pool).await?;
         let (commits, receiver) = watch::channel(0);
         let heard = Arc::new(Mutex::new(Heard::default()));
-        tokio::spawn(relay_notifications(listener, commits, heard.clone()));
+        let status = Arc::new(ListenerStatus::listening());
+        tokio::spawn(keep_listening(
+            pool.clone(),
+            listener,
+            commits,
+            heard.clone(),
+            status.clone(),
+        ));
         Ok(Self {
             commits: receiver,
             heard,
+            waiters: Arc::new(Semaphore::new(DEFAULT_MAX_WAITERS)),
+            max_waiters: DEFAULT_MAX_WAITERS,
+            status,
         })
+    }
+
+    /// The same watch, letting at most `max_waiters` reads wait at once (at least one).
+    pub fn with_max_waiters(mut self, max_waiters: usize) -> Self {
+        let max_waiters = max_waiters.max(1);
+        self.waiters = Arc::new(Semaphore::new(max_waiters));
+        self.max_waiters = max_waiters;
+        self
+    }
+
+    /// How many reads are waiting right now (for tests and tooling).
+    pub fn waiting(&self) -> usize {
+        self.max_waiters - self.waiters.available_permits()
+    }
+
+    /// How many LISTEN sessions have been established: 1 at start, one more per reconnect.
+    pub fn sessions(&self) -> u64 {
+        self.status.sessions()
+    }
+
+    /// Whether the LISTEN connection is up right now.
+    pub fn is_listening(&self) -> bool {
+        self.status.is_listening()
     }
 
     /// A receiver whose value moves on every projection commit (for tests and tooling).
@@ -118,6 +114,11 @@ impl ProjectionWatch {
     /// (a delivery and the version waited for), it re-reads only when a notification announces
     /// that version or says anything may have moved, and at least every 500 ms; without, after
     /// every projection commit. Reads at least once, even with no wait.
+    ///
+    /// A read that is ready at once needs no permit; one that must wait takes a waiter permit
+    /// or fails with `TooManyWaiters` at once. A read that finds the database unavailable is
+    /// retried until the deadline (a restart often takes less than a wait), and that error is
+    /// the answer only if the deadline passes first.
     pub async fn read_until<T, F, Fut>(
         &self,
         wait: Duration,
@@ -131,18 +132,30 @@ impl ProjectionWatch {
     {
         let deadline = Instant::now() + wait.min(LONGEST_WAIT);
         let mut commits = self.commits.clone();
+        // Held until this function returns, whatever it returns.
+        let mut permit = None;
         loop {
             // Marked seen *before* the read: a commit after this point wakes us below, and
             // one before it is visible to the read.
             commits.borrow_and_update();
             let anything_before = lock(&self.heard).anything;
-            let value = read().await?;
-            if ready(&value) {
-                return Ok(Waited::Ready(value));
+            // The read takes a pooled connection and gives it back before we wait below.
+            let outcome = read().await;
+            if let Ok(value) = &outcome
+                && ready(value)
+            {
+                return outcome.map(Waited::Ready);
             }
             let now = Instant::now();
-            if now >= deadline {
-                return Ok(Waited::TimedOut(value));
+            match outcome {
+                Ok(value) if now >= deadline => return Ok(Waited::TimedOut(value)),
+                Err(error) if now >= deadline || !error.is_transient() => return Err(error),
+                Err(error) => tracing::debug!(%error, "waiting read failed; retrying"),
+                Ok(_) => {}
+            }
+            if permit.is_none() {
+                let taken = self.waiters.clone().try_acquire_owned();
+                permit = Some(taken.map_err(|_| ApiError::TooManyWaiters)?);
             }
             let recheck = (now + RECHECK).min(deadline);
             loop {
@@ -167,63 +180,5 @@ impl ProjectionWatch {
             Some(_) if heard.anything != anything_before => true,
             Some((id, version)) => heard.versions.get(&id).is_some_and(|v| *v >= version),
         }
-    }
-}
-
-async fn relay_notifications(
-    mut listener: PgListener,
-    commits: watch::Sender<u64>,
-    heard: Arc<Mutex<Heard>>,
-) {
-    let bump = |n: &mut u64| *n = n.wrapping_add(1);
-    loop {
-        let received = tokio::select! {
-            // Nobody can wait any more: stop and give the connection back.
-            () = commits.closed() => return,
-            received = listener.try_recv() => received,
-        };
-        match received {
-            Ok(Some(notification)) => {
-                lock(&heard).record(notification.payload());
-                commits.send_modify(bump);
-            }
-            Ok(None) => {
-                // Reconnected: notifications sent meanwhile are lost, so wake everyone to re-read.
-                tracing::warn!("projection listener reconnected");
-                lock(&heard).anything += 1;
-                commits.send_modify(bump);
-            }
-            Err(sqlx::Error::PoolClosed) => return,
-            Err(error) => {
-                tracing::warn!(%error, "projection listener failed; waiting reads fall back to polling");
-                tokio::select! {
-                    () = commits.closed() => return,
-                    () = tokio::time::sleep(RECONNECT_BACKOFF) => {}
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn payloads_announce_versions_and_anything_else_means_anything_moved() {
-        let mut heard = Heard::default();
-        let a = Uuid::from_u128(1);
-        let b = Uuid::from_u128(2);
-        heard.record(&format!("{a}:3,{b}:1"));
-        heard.record(&format!("{a}:2"));
-        assert_eq!(
-            heard.versions[&a], 3,
-            "an older announcement does not go back"
-        );
-        assert_eq!(heard.versions[&b], 1);
-        assert_eq!(heard.anything, 0);
-        heard.record("");
-        heard.record("not-a-delivery");
-        assert_eq!(heard.anything, 2);
     }
 }

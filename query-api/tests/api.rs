@@ -3,16 +3,22 @@
 //!
 //! One test binary; its modules live in `api/`.
 
+#[path = "api/bounds.rs"]
+mod bounds;
 #[path = "api/deliveries.rs"]
 mod deliveries;
 #[path = "api/errors.rs"]
 mod errors;
+#[path = "api/faults.rs"]
+mod faults;
 #[path = "api/freshness.rs"]
 mod freshness;
 #[path = "api/history.rs"]
 mod history;
 #[path = "api/listing.rs"]
 mod listing;
+#[path = "api/outage.rs"]
+mod outage;
 #[path = "api/reader_role.rs"]
 mod reader_role;
 #[path = "api/riders.rs"]

@@ -17,17 +17,22 @@ pub fn free_port() -> u16 {
 /// A running broker; `address` is its bootstrap server.
 pub struct Broker {
     pub address: String,
-    _process: Child,
+    process: Child,
 }
 
 impl Broker {
     /// Starts a broker with `topic` created with `partitions` partitions.
     pub async fn start_with(topic: &str, partitions: u32) -> Broker {
+        Broker::start_on(topic, partitions, &format!("127.0.0.1:{}", free_port())).await
+    }
+
+    /// Like `start_with`, listening on `address`: a broker restarted where clients expect it.
+    pub async fn start_on(topic: &str, partitions: u32, address: &str) -> Broker {
         let binary = std::env::var("NISSHI_BIN").unwrap_or_else(|_| {
             let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
             format!("{home}/.cache/delivery-platform/nisshi/bin/nisshi")
         });
-        let address = format!("127.0.0.1:{}", free_port());
+        let address = address.to_owned();
         let url = format!("tcp://{address}");
         let process = Process::new(&binary)
             .args(["broker", "--listener-url", &url])
@@ -59,9 +64,23 @@ impl Broker {
             .await
             .expect("the topic command runs");
         assert!(created.status.success(), "{created:?}");
-        Broker {
-            address,
-            _process: process,
+        Broker { address, process }
+    }
+
+    /// Kills the broker (SIGKILL, as in a crash) and waits until its port is closed.
+    #[allow(
+        dead_code,
+        reason = "the projector's tests include this file and kill no broker"
+    )]
+    pub async fn kill(mut self) {
+        let _ = self.process.kill().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(&self.address).await.is_ok() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the killed broker still listens"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }

@@ -183,14 +183,14 @@ impl TestStack {
 
     pub fn start_relay(&mut self) {
         let pool = self.write.clone();
-        let producer = relay::producer(&self.broker.address).expect("producer");
+        let producers = relay::ProducerSettings::new(&self.broker.address);
         let config = RelayConfig {
             topic: TOPIC.into(),
             batch_size: 500,
             poll_interval: Duration::from_millis(100),
         };
         self.relay = Some(Part::spawn(|shutdown| async move {
-            let _ = relay::run(pool, producer, config, shutdown).await;
+            let _ = relay::run(pool, producers, config, shutdown).await;
         }));
     }
 

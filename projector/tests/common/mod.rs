@@ -122,5 +122,26 @@ pub fn projected(messages: Vec<Incoming>) -> Current {
             .map(|row| (row.state.delivery_id, row))
             .collect(),
         parked: plan.parked,
+        ..Current::default()
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing the test with `what` after `timeout` (the
+/// projector's tests cannot use the e2e crate's helper: that crate depends on this one).
+pub async fn eventually<T, F, Fut>(timeout: std::time::Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }

@@ -1,8 +1,8 @@
 //! Every refusal is a problem+json with the right code; health needs no token.
 
 use crate::snapshot;
-use crate::support::{D1, OTHER_TOKEN, UNKNOWN, Wire, get, get_as, seed, test_app};
-use axum::http::StatusCode;
+use crate::support::{D1, OTHER_TOKEN, UNKNOWN, Wire, get, get_as, seed, send, test_app};
+use axum::http::{Method, StatusCode};
 use sqlx::PgPool;
 
 #[sqlx::test(migrator = "migrations::READ")]
@@ -113,7 +113,63 @@ async fn bad_requests_get_a_problem_with_a_stable_code(pool: PgPool) {
         });
     }
     snapshot("bad_requests", &problems);
+}
 
-    // Unknown routes stay plain 404s.
-    assert_eq!(get(&app, "/nowhere").await.status, StatusCode::NOT_FOUND);
+#[sqlx::test(migrator = "migrations::READ")]
+async fn unknown_routes_and_methods_get_a_problem_too(pool: PgPool) {
+    let app = test_app(pool).await;
+    // Unknown paths are not found with or without a token: nothing there to protect.
+    for (path, authorization) in [
+        ("/nowhere", None),
+        ("/nowhere", Some(format!("Bearer {OTHER_TOKEN}"))),
+        ("/deliveries/x/y/z", None),
+        ("/", None),
+    ] {
+        let reply = get_as(&app, path, authorization.as_deref()).await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(reply.problem_code(), "route-not-found", "{path}");
+    }
+    for (method, path) in [
+        (Method::POST, "/stats".to_owned()),
+        (Method::DELETE, format!("/deliveries/{D1}")),
+        (Method::PUT, "/deliveries".to_owned()),
+        (Method::POST, "/health".to_owned()),
+    ] {
+        let reply = send(&app, method.clone(), &path).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+        assert_eq!(
+            reply.problem_code(),
+            "method-not-allowed",
+            "{method} {path}"
+        );
+        let allow = reply.header("allow").unwrap_or_default();
+        assert!(allow.contains("GET"), "{method} {path}: Allow: {allow}");
+    }
+}
+
+#[sqlx::test(migrator = "migrations::READ")]
+async fn a_cursor_at_a_time_postgres_cannot_store_is_a_400_not_a_500(pool: PgPool) {
+    seed(&pool).await;
+    let app = test_app(pool).await;
+    // 8 bytes of Unix microseconds, big-endian, then the delivery id.
+    let cursor = |micros: i64| format!("{:016x}{:032x}", micros.cast_unsigned(), 1u128);
+    // 4713 BC, the earliest time Postgres stores: a cursor there is before everything.
+    let earliest: i64 = -210_866_803_200_000_000;
+    let page = get(&app, &format!("/deliveries?cursor={}", cursor(earliest))).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert_eq!(page.ids("/items").len(), 7);
+    for micros in [earliest - 1, -(1 << 62), i64::MIN, i64::MAX] {
+        let reply = get(&app, &format!("/deliveries?cursor={}", cursor(micros))).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{micros}: {}",
+            reply.text
+        );
+        assert_eq!(reply.problem_code(), "invalid-query", "{micros}");
+    }
 }

@@ -1,32 +1,16 @@
 //! Read-your-writes: `?min_version=` waits for the projector and never answers with older data.
 
-use crate::support::{D2, UNKNOWN, get, seed, test_app};
+use crate::support::{D2, UNKNOWN, get, project, seed, test_app};
 use axum::http::StatusCode;
 use query_api::ProjectionWatch;
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
 
-/// What the projector does: apply a batch and notify in the same transaction, naming the
-/// deliveries it moved (`id:version,...`) or nothing ("something moved").
-async fn project(pool: &PgPool, statement: &str, payload: &str) {
-    let mut tx = pool.begin().await.expect("begin");
-    sqlx::query(statement)
-        .execute(&mut *tx)
-        .await
-        .expect("projection write");
-    sqlx::query("select pg_notify('projection', $1)")
-        .bind(payload)
-        .execute(&mut *tx)
-        .await
-        .expect("notify");
-    tx.commit().await.expect("commit");
-}
-
-const PICK_UP_D2: &str = "update deliveries set status = 'picked_up', version = 3, \
+pub const PICK_UP_D2: &str = "update deliveries set status = 'picked_up', version = 3, \
      picked_up_at = '2026-03-02T09:25:00Z', updated_at = '2026-03-02T09:25:00Z' \
      where delivery_id = '0190f4c2-0000-7000-8000-000000000002'";
 
-const PICK_UP_D2_HISTORY: &str = "insert into delivery_history (delivery_id, version, event_id, \
+pub const PICK_UP_D2_HISTORY: &str = "insert into delivery_history (delivery_id, version, event_id, \
      event_type, schema_version, actor_role, actor_id, occurred_at, recorded_at, correlation_id, \
      causation_id, data, kafka_partition, kafka_offset) \
      values ('0190f4c2-0000-7000-8000-000000000002', 3, '0190f4c2-0000-7000-9000-000000000023', \

@@ -2,7 +2,7 @@
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderMap, Request, StatusCode, header};
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use query_api::{AppState, ProjectionWatch, Tokens, app};
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -44,6 +44,22 @@ pub async fn test_app(pool: PgPool) -> Router {
         max_wait: Duration::from_secs(5),
         projection,
     })
+}
+
+/// What the projector does: apply a batch and notify in the same transaction, naming the
+/// deliveries it moved (`id:version,...`) or nothing ("something moved").
+pub async fn project(pool: &PgPool, statement: &str, payload: &str) {
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query(statement)
+        .execute(&mut *tx)
+        .await
+        .expect("projection write");
+    sqlx::query("select pg_notify('projection', $1)")
+        .bind(payload)
+        .execute(&mut *tx)
+        .await
+        .expect("notify");
+    tx.commit().await.expect("commit");
 }
 
 pub struct Reply {
@@ -101,7 +117,16 @@ pub async fn get(app: &Router, path: &str) -> Reply {
 
 /// GET with any (or no) Authorization header.
 pub async fn get_as(app: &Router, path: &str, authorization: Option<&str>) -> Reply {
-    let mut request = Request::get(path);
+    request(app, Method::GET, path, authorization).await
+}
+
+/// Any method, with the test token.
+pub async fn send(app: &Router, method: Method, path: &str) -> Reply {
+    request(app, method, path, Some(&format!("Bearer {TOKEN}"))).await
+}
+
+async fn request(app: &Router, method: Method, path: &str, authorization: Option<&str>) -> Reply {
+    let mut request = Request::builder().method(method).uri(path);
     if let Some(value) = authorization {
         request = request.header(header::AUTHORIZATION, value);
     }

@@ -6,3 +6,4 @@ mod pipeline;
 mod projector_failures;
 mod rebuild;
 mod relay;
+mod relay_healing;

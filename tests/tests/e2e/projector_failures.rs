@@ -1,7 +1,11 @@
 //! The projector crashing, restarting, sharing its partitions and reading duplicates: the read
 //! model ends up exactly as the event store says, with nothing lost and nothing applied twice.
 
-use e2e::{Fate, TestStack};
+use e2e::{Fate, PROJECTOR_GROUP, TOPIC, TestStack};
+use projector::Subscription;
+use projector::dlq::{self, Action, Skip, StuckKind};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -83,6 +87,53 @@ async fn events_the_relay_publishes_twice_change_nothing_in_the_read_model() {
     .await;
     assert_eq!(stack.read_model().await, before);
     assert!(stack.progress.duplicates.load(Ordering::Relaxed) >= events as u64);
+    stack.assert_read_model_matches_event_store().await;
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_nothing_can_store_stalls_nobody_and_a_skip_clears_it() {
+    let stack = TestStack::start(2).await;
+    traffic(&stack, 1, 10).await;
+    // On every partition, a message whose key and payload Postgres text cannot hold.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &stack.broker.address)
+        .create()
+        .expect("producer");
+    for partition in 0..2 {
+        let record = FutureRecord::to(TOPIC)
+            .partition(partition)
+            .key(&b"\0\xff"[..])
+            .payload(&b"\0 not json"[..]);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(error, _)| error)
+            .expect("published");
+    }
+    traffic(&stack, 100, 10).await;
+    stack.wait_for_projection(Duration::from_secs(60)).await;
+
+    let stuck = dlq::list(&stack.read, TOPIC, None).await.expect("listed");
+    assert_eq!(stuck.len(), 2, "{stuck:?}");
+    let subscription = Subscription {
+        group: PROJECTOR_GROUP.into(),
+        topic: TOPIC.into(),
+    };
+    let action = Action {
+        actor: "e2e".into(),
+        reason: "garbage from a test producer".into(),
+    };
+    for message in stuck {
+        assert_eq!(message.kind, StuckKind::Poison);
+        let what = Skip::Message {
+            partition: message.kafka_partition,
+            offset: message.kafka_offset,
+        };
+        dlq::skip(&stack.read, &subscription, what, &action)
+            .await
+            .expect("skipped");
+    }
     stack.assert_read_model_matches_event_store().await;
     stack.shutdown().await;
 }

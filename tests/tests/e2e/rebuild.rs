@@ -60,6 +60,7 @@ async fn queries_keep_answering_while_a_damaged_read_model_is_rebuilt_under_traf
         lanes: 2,
         progress_bar: false,
         switch_timeout: Duration::from_secs(10),
+        allow_truncated_history: false,
     };
     let never = CancellationToken::new();
     let rebuilding = async {

@@ -2,7 +2,7 @@
 //! Kafka-protocol broker.
 
 use chrono::{TimeZone, Utc};
-use command_api::relay::{self, RelayConfig};
+use command_api::relay::{self, ProducerSettings, RelayConfig};
 use command_api::store::{self, Causation};
 use domain::{
     Actor, Address, Command, CustomerId, Delivery, DeliveryId, EventEnvelope, OrderRef, RiderId,
@@ -19,14 +19,23 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// Appends a whole lifecycle (4 events) for `deliveries` deliveries, interleaved.
-async fn record_lifecycles(pool: &PgPool, deliveries: u128) -> Vec<DeliveryId> {
+pub(crate) async fn record_lifecycles(pool: &PgPool, deliveries: u128) -> Vec<DeliveryId> {
+    record_lifecycles_of(pool, 1..=deliveries).await
+}
+
+/// Appends a whole lifecycle (4 events) for the deliveries numbered `numbers`, interleaved.
+pub(crate) async fn record_lifecycles_of(
+    pool: &PgPool,
+    numbers: impl IntoIterator<Item = u128>,
+) -> Vec<DeliveryId> {
     let dispatcher = Actor::new(Role::Dispatcher, "desk-1");
     let rider = Actor::new(Role::Rider, "rider-1");
     let at = Utc
         .with_ymd_and_hms(2026, 11, 23, 12, 0, 0)
         .single()
         .expect("time");
-    let ids: Vec<_> = (1..=deliveries)
+    let ids: Vec<_> = numbers
+        .into_iter()
         .map(|n| DeliveryId::from_uuid(Uuid::from_u128(n)))
         .collect();
     let address = Address::new("Main St 1", 52.5, 13.4).expect("address");
@@ -77,7 +86,7 @@ async fn record_lifecycles(pool: &PgPool, deliveries: u128) -> Vec<DeliveryId> {
     ids
 }
 
-fn consumer(broker: &Broker) -> StreamConsumer {
+pub(crate) fn consumer(broker: &Broker) -> StreamConsumer {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &broker.address)
         .set("group.id", format!("test-{}", Uuid::now_v7()))
@@ -90,7 +99,7 @@ fn consumer(broker: &Broker) -> StreamConsumer {
 }
 
 /// Reads until `count` messages arrived (or fails after a deadline).
-async fn consume(
+pub(crate) async fn consume(
     consumer: &StreamConsumer,
     count: usize,
 ) -> Vec<(String, i32, EventEnvelope, HashMap<String, String>)> {
@@ -123,7 +132,7 @@ async fn consume(
     received
 }
 
-fn relay_config() -> RelayConfig {
+pub(crate) fn relay_config() -> RelayConfig {
     RelayConfig {
         topic: TOPIC.into(),
         batch_size: 7,
@@ -136,10 +145,9 @@ async fn the_relay_publishes_every_event_keyed_by_delivery_in_order_and_marks_it
     let broker = Broker::start(3).await;
     let ids = record_lifecycles(&pool, 6).await;
     let shutdown = CancellationToken::new();
-    let producer = relay::producer(&broker.address).expect("producer");
     let running = tokio::spawn(relay::run(
         pool.clone(),
-        producer,
+        ProducerSettings::new(&broker.address),
         relay_config(),
         shutdown.clone(),
     ));
@@ -232,8 +240,13 @@ async fn while_the_broker_is_down_the_outbox_keeps_everything_and_drains_in_orde
     // The broker comes back: the backlog drains, in order per delivery.
     let broker = Broker::start(2).await;
     let shutdown = CancellationToken::new();
-    let producer = relay::producer(&broker.address).expect("producer");
-    let running = tokio::spawn(relay::run(pool.clone(), producer, config, shutdown.clone()));
+    let producers = ProducerSettings::new(&broker.address);
+    let running = tokio::spawn(relay::run(
+        pool.clone(),
+        producers,
+        config,
+        shutdown.clone(),
+    ));
     let received = consume(&consumer(&broker), 8).await;
     let mut per_delivery: HashMap<String, Vec<i64>> = HashMap::new();
     for (key, _, envelope, _) in received {
