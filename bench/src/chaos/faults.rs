@@ -170,7 +170,6 @@ pub async fn inject(
         Kind::KillProjector => kill_part(stack, "projector").await?,
         Kind::KillCommandApi => kill_part(stack, "command-api").await?,
         Kind::SecondProjector => {
-            let first = live_pid(stack, "projector").await?;
             let log = std::fs::File::create(stack.dir.join("logs").join("projector-2.log"))
                 .context("creating the second projector's log")?;
             let child = Command::new(&stack.projector_bin)
@@ -180,9 +179,12 @@ pub async fn inject(
                 .kill_on_drop(true)
                 .spawn()
                 .context("starting a second projector")?;
-            let joined = child.id().unwrap_or_default();
+            let joined = child.id().map_or("?".to_owned(), |pid| pid.to_string());
             second = Some(child);
             tokio::time::sleep(fault.hold).await;
+            // The stack's projector as it is now: another fault may have killed the one that
+            // ran when the second joined, and the supervisor started it again.
+            let first = live_pid(stack, "projector").await?;
             signal(first, "KILL").await?;
             format!(
                 "pid {joined} joined, pid {first} killed {:.1}s later",
