@@ -5,15 +5,18 @@
 //! - `catch-up`: the projector's apply rate over a backlog already in Kafka.
 //! - `rebuild`: `projector rebuild` over a backlog, beside the broker's raw consume rate.
 //! - `broker`: the broker's own latency, for comparison.
+//! - `chaos`: not a benchmark but the fault-injection suite's driver; it asserts.
 
 mod broker;
 mod catch_up;
+mod chaos;
 mod commands;
 mod lifecycle;
 mod pipeline;
 mod rebuild;
 
 use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(about = "Benchmarks of the delivery platform")]
@@ -34,20 +37,25 @@ enum Bench {
     CatchUp(catch_up::Config),
     /// Put a backlog in Kafka, project it live, then time `projector rebuild` replaying it.
     Rebuild(rebuild::Config),
+    /// Lifecycle load with retrying clients while faults hit the running stack, then checks
+    /// that nothing acknowledged was lost (scripts/chaos.sh runs it). Exits 1 on a violation.
+    Chaos(chaos::Config),
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .init();
     match Cli::parse().bench {
-        Bench::Commands(config) => commands::run(config).await,
-        Bench::Pipeline(config) => pipeline::run(config).await,
-        Bench::CatchUp(config) => catch_up::run(config).await,
-        Bench::Broker(config) => broker::run(config).await,
-        Bench::Rebuild(config) => rebuild::run(config).await,
+        Bench::Commands(config) => commands::run(config).await?,
+        Bench::Pipeline(config) => pipeline::run(config).await?,
+        Bench::CatchUp(config) => catch_up::run(config).await?,
+        Bench::Broker(config) => broker::run(config).await?,
+        Bench::Rebuild(config) => rebuild::run(config).await?,
+        Bench::Chaos(config) => return chaos::run(config).await,
     }
+    Ok(ExitCode::SUCCESS)
 }
