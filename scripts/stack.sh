@@ -51,14 +51,19 @@ fi
 say() { echo "$(date -u +%FT%TZ) $*" | tee -a "$stack_dir/stack.log" >&2; }
 
 supervisors=()
-stop_all() {
+stop_all() { # EXIT-STATUS
+    local status=$1
     trap - EXIT INT TERM
     say "stopping the stack"
     # Supervisors first, so nothing is restarted; each stops its own part.
     for pid in "${supervisors[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    exit "$status"
 }
-trap stop_all EXIT INT TERM
+# On Ctrl-C or TERM stop and exit at once (not only after the command running then); on any
+# other exit, stop everything and keep the script's status.
+trap 'stop_all 0' INT TERM
+trap 'stop_all $?' EXIT
 
 # Runs `NAME COMMAND...` in the background and keeps it running: restarts it whenever it exits,
 # waiting 1 s, doubling up to 10 s while it keeps dying within a minute of its start.
@@ -90,6 +95,7 @@ supervise() {
 
 echo "building release binaries" >&2
 cargo build --release -q -p migrations -p command-api -p projector -p query-api
+bin="${CARGO_TARGET_DIR:-target}/release"
 
 broker="${KAFKA_BROKERS%%,*}"
 if ! (exec 3<>"/dev/tcp/${broker%:*}/${broker#*:}") 2>/dev/null; then
@@ -111,11 +117,11 @@ else
     exit 1
 fi
 
-target/release/migrate
-supervise relay target/release/command-api relay
-supervise projector target/release/projector run
-supervise command-api target/release/command-api serve
-supervise query-api target/release/query-api
+"$bin"/migrate
+supervise relay "$bin"/command-api relay
+supervise projector "$bin"/projector run
+supervise command-api "$bin"/command-api serve
+supervise query-api "$bin"/query-api
 wait_for_port "$COMMAND_API_LISTEN" 30
 wait_for_port "$QUERY_API_LISTEN" 30
 

@@ -108,13 +108,13 @@ pub async fn run(database_url: &str, config: ServeConfig) -> anyhow::Result<()> 
     let limits = config.limits()?;
     let options: PgConnectOptions = database_url.parse().context("reading WRITE_DATABASE_URL")?;
     let options = connect_options(options, Duration::from_millis(config.statement_timeout_ms));
+    // Lazy: a database that is not up yet (the stack starting, Postgres restarting) is an
+    // outage like any other, answered 503 until it is back, not a reason to exit.
     let pool = pool_options(
         config.db_connections,
         Duration::from_millis(config.acquire_timeout_ms),
     )
-    .connect_with(options)
-    .await
-    .context("connecting to the write database (WRITE_DATABASE_URL)")?;
+    .connect_lazy_with(options);
     if config.migrate {
         migrations::WRITE
             .run(&pool)

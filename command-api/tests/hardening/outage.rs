@@ -152,3 +152,64 @@ async fn the_api_survives_its_database_sessions_being_terminated(
     pool.close().await;
     admin_pool.close().await;
 }
+
+/// One HTTP/1.1 exchange over a plain socket; the status line's code.
+async fn http_status(address: &str, request: String) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    response.split(' ').nth(1)?.parse().ok()
+}
+
+#[tokio::test]
+async fn the_api_starts_and_answers_while_its_database_is_down() {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: command_api::serve::ServeConfig,
+    }
+    let free = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address").port()
+    };
+    let (database_port, api_port) = (free(), free());
+    let address = format!("127.0.0.1:{api_port}");
+    let cli = <Cli as clap::Parser>::try_parse_from([
+        "serve",
+        "--listen",
+        &address,
+        "--tokens",
+        "startup-dispatcher-token=dispatcher:desk-1",
+    ])
+    .expect("valid flags");
+    // Nothing listens on the database's port: Postgres is not up yet.
+    let url = format!("postgres://postgres@127.0.0.1:{database_port}/nowhere");
+    let server = tokio::spawn(async move { command_api::serve::run(&url, cli.serve).await });
+
+    let health = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while http_status(&address, health.clone()).await != Some(200) {
+        assert!(
+            !server.is_finished(),
+            "serve exited while the database was down: {:?}",
+            server.await
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the API never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let body = create_body(None).to_string();
+    let create = format!(
+        "POST /deliveries HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+         Authorization: Bearer startup-dispatcher-token\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    assert_eq!(http_status(&address, create).await, Some(503));
+    assert!(!server.is_finished(), "serve must keep running");
+    server.abort();
+}
