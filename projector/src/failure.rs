@@ -58,9 +58,31 @@ pub fn classify(error: &sqlx::Error) -> Failure {
 
 /// [`classify`] for an error Postgres answered with.
 pub fn classify_sqlstate(code: Option<&str>) -> Failure {
+    if is_environment_sqlstate(code) {
+        return Failure::Transient;
+    }
     match code.and_then(|c| c.get(..2)) {
         Some("08" | "40" | "53" | "55" | "57" | "58" | "XX") => Failure::Transient,
         _ => Failure::Data,
+    }
+}
+
+/// Whether Postgres says the database is not as the projector expects: a missing table or
+/// schema (42, 3D, 3F), a permission or role (42501, 28, 0L, 0P), a read-only or aborted
+/// transaction state (25), a feature not there (0A). Every batch then fails alike, so this is
+/// retried with backoff and never taken for the data's fault: splitting would record every
+/// message as poison and hide a broken deployment behind a full dead-letter queue.
+fn is_environment_sqlstate(code: Option<&str>) -> bool {
+    matches!(
+        code.and_then(|c| c.get(..2)),
+        Some("42" | "3D" | "3F" | "28" | "0L" | "0P" | "25" | "0A")
+    )
+}
+
+fn is_environment(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => is_environment_sqlstate(db.code().as_deref()),
+        _ => false,
     }
 }
 
@@ -131,7 +153,7 @@ async fn settle(
         if classify(&error) == Failure::Data {
             return Some(Err(error.to_string()));
         }
-        if answers(pool).await {
+        if !is_environment(&error) && answers(pool).await {
             suspect += 1;
             if suspect >= SUSPECT_LIMIT {
                 return Some(Err(error.to_string()));
@@ -269,6 +291,12 @@ mod tests {
         for code in ["57P01", "57P03", "40P01", "53300", "08006"] {
             assert_eq!(classify_sqlstate(Some(code)), Failure::Transient, "{code}");
         }
+        // A missing table or schema, a permission: the deployment, not the data.
+        for code in ["42P01", "3F000", "42501", "28000", "25006"] {
+            assert_eq!(classify_sqlstate(Some(code)), Failure::Transient, "{code}");
+            assert!(is_environment_sqlstate(Some(code)), "{code}");
+        }
+        assert!(!is_environment_sqlstate(Some("XX000")));
         // A NUL in a text, \u0000 in jsonb, a time out of range, a broken check.
         for code in ["22021", "22P05", "22008", "23514"] {
             assert_eq!(classify_sqlstate(Some(code)), Failure::Data, "{code}");

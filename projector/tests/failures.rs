@@ -376,3 +376,60 @@ async fn stored_offsets_found_past_the_end_at_a_rebalance_stop_the_projector(poo
         "{ended:?}"
     );
 }
+
+#[sqlx::test(migrator = "migrations::READ")]
+async fn a_missing_table_poisons_nothing_and_its_batches_apply_once_it_is_back(pool: PgPool) {
+    let setup = Setup::new(pool, 1).await;
+    let database = setup
+        .pool
+        .connect_options()
+        .get_database()
+        .expect("a database")
+        .to_owned();
+    let running = setup.projector();
+    // A broken deployment, not bad data: every batch fails alike while the table is away.
+    sqlx::raw_sql("alter table delivery_history rename to delivery_history_away")
+        .execute(&setup.pool)
+        .await
+        .expect("renamed");
+    let rollbacks = || async {
+        sqlx::query_scalar::<_, i64>(
+            "select xact_rollback from pg_stat_database where datname = $1",
+        )
+        .bind(&database)
+        .fetch_one(&setup.pool)
+        .await
+        .expect("stats")
+    };
+    let before = rollbacks().await;
+    let events: Vec<EventEnvelope> = (1..=10u128)
+        .flat_map(|d| chained(id(d), vec![created(), assigned("rider-1")]))
+        .collect();
+    setup.publish(&events).await;
+    // Enough failed attempts that a batch taken for the data's fault would have been split.
+    eventually(WAIT, "several failed attempts", || async {
+        (rollbacks().await >= before + 6).then_some(())
+    })
+    .await;
+    let stuck: (i64, i64) = sqlx::query_as(
+        "select (select count(*) from poison_messages), (select count(*) from parked_events)",
+    )
+    .fetch_one(&setup.pool)
+    .await
+    .expect("stuck");
+    assert_eq!(stuck, (0, 0), "a missing table must not poison messages");
+
+    sqlx::raw_sql("alter table delivery_history_away rename to delivery_history")
+        .execute(&setup.pool)
+        .await
+        .expect("renamed back");
+    setup.consumed(20).await;
+    let (history, poison): (i64, i64) = sqlx::query_as(
+        "select (select count(*) from delivery_history), (select count(*) from poison_messages)",
+    )
+    .fetch_one(&setup.pool)
+    .await
+    .expect("read model");
+    assert_eq!((history, poison), (20, 0));
+    running.stop().await;
+}
