@@ -56,6 +56,9 @@ for db in stack_check_write stack_check_read "$NISSHI_DATABASE"; do
     PGOPTIONS="-c client_min_messages=warning" psql -q "$POSTGRES_URL/postgres" \
         -c "drop database if exists $db with (force)"
 done
+# Build first, so the wait for the stack below does not include a cold release build.
+echo "building release binaries" >&2
+cargo build --release -q -p migrations -p command-api -p projector -p query-api
 scripts/stack.sh >"$dir/stack.out" 2>&1 &
 stack_pid=$!
 started=1
