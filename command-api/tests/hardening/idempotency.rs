@@ -168,19 +168,13 @@ async fn a_version_lost_to_a_racer_without_the_key_does_not_poison_the_key(pool:
     // ... while the command with the key decides on version 1 and waits for version 2.
     let key = [("idempotency-key", "assign-rider-1")];
     let body = json!({"rider_id": "rider-1"});
-    let command = {
-        let (app, body) = (app.clone(), body.clone());
-        tokio::spawn(async move {
-            send(
-                &app,
-                &path(DELIVERY, "assign"),
-                DISPATCHER,
-                Some(&body),
-                &key,
-            )
-            .await
-        })
-    };
+    let command = spawn_send(
+        &app,
+        &path(DELIVERY, "assign"),
+        DISPATCHER,
+        Some(body.clone()),
+        &key,
+    );
     wait_for_lock_waiters(&pool, 1).await;
     racer.commit().await.expect("racer commits");
     let lost = command.await.expect("command task");

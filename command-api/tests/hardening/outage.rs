@@ -108,19 +108,13 @@ async fn the_api_survives_its_database_sessions_being_terminated(
         .expect("lock");
     let key = [("idempotency-key", "assign-during-restart")];
     let body = json!({"rider_id": "rider-1"});
-    let command = {
-        let (app, body) = (app.clone(), body.clone());
-        tokio::spawn(async move {
-            send(
-                &app,
-                &path(DELIVERY, "assign"),
-                DISPATCHER,
-                Some(&body),
-                &key,
-            )
-            .await
-        })
-    };
+    let command = spawn_send(
+        &app,
+        &path(DELIVERY, "assign"),
+        DISPATCHER,
+        Some(body.clone()),
+        &key,
+    );
     wait_for_lock_waiters(&admin_pool, 1).await;
     assert!(terminate_backends(&mut admin).await >= 1);
     admin.rollback().await.expect("release");

@@ -155,6 +155,18 @@ pub async fn wait_for_lock_waiters(observer: &PgPool, n: i64) {
     }
 }
 
+/// One request sent from a task of its own, so the test can act while it is in flight.
+pub fn spawn_send(
+    app: &Router,
+    path: &str,
+    token: &'static str,
+    body: Option<Value>,
+    headers: &[(&'static str, &'static str)],
+) -> tokio::task::JoinHandle<Reply> {
+    let (app, path, headers) = (app.clone(), path.to_owned(), headers.to_vec());
+    tokio::spawn(async move { send(&app, &path, token, body.as_ref(), &headers).await })
+}
+
 /// `n` copies of one request, all in flight at once; the replies in no particular order.
 pub async fn duplicates(
     app: &Router,
@@ -165,11 +177,7 @@ pub async fn duplicates(
     headers: &[(&'static str, &'static str)],
 ) -> Vec<Reply> {
     let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let (app, path, body, headers) =
-                (app.clone(), path.to_owned(), body.clone(), headers.to_vec());
-            tokio::spawn(async move { send(&app, &path, token, body.as_ref(), &headers).await })
-        })
+        .map(|_| spawn_send(app, path, token, body.clone(), headers))
         .collect();
     let mut replies = Vec::with_capacity(n);
     for task in tasks {
