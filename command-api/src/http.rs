@@ -1,17 +1,18 @@
-//! Routes and handlers: HTTP -> command -> `decide` -> event store + outbox.
+//! Routes and handlers: HTTP -> `CommandContext` + command -> `CommandService` -> `Outcome`
+//! -> response. A handler reads the body into a command and maps the outcome; the service does
+//! the rest.
 
-use crate::auth::{Authenticated, Tokens};
-use crate::command::{CommandRequest, execute};
-use crate::error::ApiError;
-use crate::idempotency::{Fingerprint, IdempotentRequest};
+use crate::auth::Tokens;
+use crate::context::CommandContext;
+use crate::error::{ApiError, problem_response};
 use crate::limits::{self, Guard, Limits};
-use crate::store::Causation;
+use crate::service::{CommandService, Outcome, Recorded, Submission};
 use axum::extract::{DefaultBodyLimit, FromRef, FromRequest, Path, State};
-use axum::http::{HeaderMap, Method, Uri, header};
-use axum::response::Response;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Router, middleware};
-use domain::{Actor, Address, CancelReason, Command, CustomerId, DeliveryId, OrderRef, RiderId};
+use axum::{Json, Router, middleware};
+use domain::{Address, CancelReason, Command, CustomerId, DeliveryId, OrderRef, RiderId};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use sqlx::PgPool;
@@ -29,10 +30,9 @@ pub struct AppState {
 
 /// What every handler shares.
 #[derive(Clone, FromRef)]
-pub(crate) struct Shared {
-    pub(crate) pool: PgPool,
-    pub(crate) tokens: Tokens,
-    pub(crate) limits: Limits,
+struct Shared {
+    service: CommandService,
+    tokens: Tokens,
 }
 
 /// The command API as a router with the default `Limits`, ready to serve or to drive in tests.
@@ -44,9 +44,8 @@ pub fn app(state: AppState) -> Router {
 pub fn app_with_limits(state: AppState, limits: Limits) -> Router {
     let guard = Guard::new(&limits);
     let shared = Shared {
-        pool: state.pool,
+        service: CommandService::new(state.pool, limits.idempotency_ttl),
         tokens: state.tokens,
-        limits,
     };
     Router::new()
         .route("/deliveries", post(create))
@@ -99,13 +98,16 @@ fn parse_body<T: DeserializeOwned>(body: &serde_json::Value) -> Result<T, ApiErr
     T::deserialize(body).map_err(|e| ApiError::InvalidBody(e.to_string()))
 }
 
+/// A malformed id names no delivery that could exist: 404, like an unknown one.
+fn delivery_in_path(id: &str) -> Result<DeliveryId, ApiError> {
+    DeliveryId::parse(id).map_err(|_| ApiError::NotFound)
+}
+
 async fn create(
-    State(state): State<Shared>,
-    Authenticated(actor): Authenticated,
-    uri: Uri,
-    headers: HeaderMap,
+    State(service): State<CommandService>,
+    context: CommandContext,
     JsonBody(body): JsonBody<serde_json::Value>,
-) -> Result<Response, ApiError> {
+) -> Result<Outcome, ApiError> {
     let request: CreateRequest = parse_body(&body)?;
     let delivery_id = DeliveryId::from_uuid(request.delivery_id.unwrap_or_else(Uuid::now_v7));
     let command = Command::Create {
@@ -115,206 +117,96 @@ async fn create(
         pickup: request.pickup,
         dropoff: request.dropoff,
     };
-    let request = CommandRequest::new(&headers, &uri, &actor, &body, None)?;
-    execute(&state, actor, delivery_id, command, request).await
+    let submission = Submission::new(delivery_id, command).with_body(body, None);
+    service.handle(&context, submission).await
 }
 
 async fn assign(
-    State(state): State<Shared>,
-    Authenticated(actor): Authenticated,
+    State(service): State<CommandService>,
+    context: CommandContext,
     Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
     JsonBody(body): JsonBody<serde_json::Value>,
-) -> Result<Response, ApiError> {
-    let assign: AssignRequest = parse_body(&body)?;
+) -> Result<Outcome, ApiError> {
+    let request: AssignRequest = parse_body(&body)?;
     let command = Command::AssignRider {
-        rider_id: assign.rider_id,
+        rider_id: request.rider_id,
     };
-    let target = Target::new(&id, &uri, &headers)?;
-    on_delivery(
-        &state,
-        actor,
-        target,
-        &body,
-        assign.expected_version,
-        command,
-    )
-    .await
+    let submission = Submission::new(delivery_in_path(&id)?, command);
+    let submission = submission.with_body(body, request.expected_version);
+    service.handle(&context, submission).await
 }
 
 async fn cancel(
-    State(state): State<Shared>,
-    Authenticated(actor): Authenticated,
+    State(service): State<CommandService>,
+    context: CommandContext,
     Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
     JsonBody(body): JsonBody<serde_json::Value>,
-) -> Result<Response, ApiError> {
-    let cancel: CancelRequest = parse_body(&body)?;
+) -> Result<Outcome, ApiError> {
+    let request: CancelRequest = parse_body(&body)?;
     let command = Command::Cancel {
-        reason: cancel.reason,
+        reason: request.reason,
     };
-    let target = Target::new(&id, &uri, &headers)?;
-    on_delivery(
-        &state,
-        actor,
-        target,
-        &body,
-        cancel.expected_version,
-        command,
-    )
-    .await
+    let submission = Submission::new(delivery_in_path(&id)?, command);
+    let submission = submission.with_body(body, request.expected_version);
+    service.handle(&context, submission).await
 }
 
 /// Pick-up and completion carry no information beyond who and when: no body is read.
 async fn pick_up(
-    State(state): State<Shared>,
-    Authenticated(actor): Authenticated,
+    State(service): State<CommandService>,
+    context: CommandContext,
     Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let target = Target::new(&id, &uri, &headers)?;
-    on_delivery(
-        &state,
-        actor,
-        target,
-        &serde_json::Value::Null,
-        None,
-        Command::PickUp,
-    )
-    .await
+) -> Result<Outcome, ApiError> {
+    let submission = Submission::new(delivery_in_path(&id)?, Command::PickUp);
+    service.handle(&context, submission).await
 }
 
 async fn complete(
-    State(state): State<Shared>,
-    Authenticated(actor): Authenticated,
+    State(service): State<CommandService>,
+    context: CommandContext,
     Path(id): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let target = Target::new(&id, &uri, &headers)?;
-    on_delivery(
-        &state,
-        actor,
-        target,
-        &serde_json::Value::Null,
-        None,
-        Command::Complete,
-    )
-    .await
+) -> Result<Outcome, ApiError> {
+    let submission = Submission::new(delivery_in_path(&id)?, Command::Complete);
+    service.handle(&context, submission).await
 }
 
-/// The delivery a command is addressed to, with the request's path and headers.
-struct Target<'a> {
-    delivery_id: DeliveryId,
-    uri: &'a Uri,
-    headers: &'a HeaderMap,
-}
-
-impl<'a> Target<'a> {
-    /// A malformed id names no delivery that could exist: 404, like an unknown one.
-    fn new(id: &str, uri: &'a Uri, headers: &'a HeaderMap) -> Result<Self, ApiError> {
-        let delivery_id = DeliveryId::parse(id).map_err(|_| ApiError::NotFound)?;
-        Ok(Self {
-            delivery_id,
-            uri,
-            headers,
-        })
-    }
-}
-
-/// Runs a command on an existing delivery.
-async fn on_delivery(
-    state: &Shared,
-    actor: Actor,
-    target: Target<'_>,
-    body: &serde_json::Value,
-    body_version: Option<i64>,
-    command: Command,
-) -> Result<Response, ApiError> {
-    let request = CommandRequest::new(target.headers, target.uri, &actor, body, body_version)?;
-    execute(state, actor, target.delivery_id, command, request).await
-}
-
-/// `If-Match: "3"` (or `3`, or `W/"3"`) expects version 3; `*` or no header means "latest".
-fn if_match_version(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
-    let Some(value) = headers.get(header::IF_MATCH) else {
-        return Ok(None);
-    };
-    let invalid = || ApiError::InvalidHeader("If-Match must be a version number like \"3\"".into());
-    let raw = value.to_str().map_err(|_| invalid())?.trim();
-    if raw == "*" {
-        return Ok(None);
-    }
-    let raw = raw.strip_prefix("W/").unwrap_or(raw).trim_matches('"');
-    raw.parse::<i64>()
-        .ok()
-        .filter(|version| *version >= 0)
-        .map(Some)
-        .ok_or_else(invalid)
-}
-
-impl CommandRequest {
-    /// Reads the preconditions, the idempotency key and the tracing ids from the headers.
-    fn new(
-        headers: &HeaderMap,
-        uri: &Uri,
-        actor: &Actor,
-        body: &serde_json::Value,
-        body_version: Option<i64>,
-    ) -> Result<Self, ApiError> {
-        let header_version = if_match_version(headers)?;
-        let expected_version = match (header_version, body_version) {
-            (Some(a), Some(b)) if a != b => {
-                return Err(ApiError::InvalidHeader(
-                    "If-Match and expected_version disagree".into(),
-                ));
+/// A success carries the new version in its ETag, so a client can send it back as If-Match;
+/// a replayed verdict is marked as such.
+impl IntoResponse for Outcome {
+    fn into_response(self) -> Response {
+        match self {
+            Outcome::Accepted(accepted) => {
+                command_response(accepted.status(), accepted.body(), false)
             }
-            (a, b) => a.or(b),
-        };
-        let idempotency = match headers.get("idempotency-key") {
-            None => None,
-            Some(value) => {
-                let key = value
-                    .to_str()
-                    .ok()
-                    .filter(|key| (1..=255).contains(&key.len()))
-                    .ok_or_else(|| {
-                        ApiError::InvalidHeader(
-                            "Idempotency-Key must be 1 to 255 visible ASCII characters".into(),
-                        )
-                    })?;
-                let fingerprint = Fingerprint {
-                    method: Method::POST.as_str(),
-                    path: uri.path(),
-                    if_match: header_version,
-                    body,
-                };
-                Some(IdempotentRequest::new(
-                    format!("{}:{}", actor.role, actor.id),
-                    key.to_owned(),
-                    &fingerprint,
-                ))
+            Outcome::Replayed(Recorded { status, body }) if status.is_success() => {
+                command_response(status, body, true)
             }
-        };
-        let correlation_id = match headers.get("x-correlation-id") {
-            None => Uuid::now_v7(),
-            Some(value) => value
-                .to_str()
-                .ok()
-                .and_then(|raw| Uuid::parse_str(raw).ok())
-                .ok_or_else(|| ApiError::InvalidHeader("X-Correlation-Id must be a UUID".into()))?,
-        };
-        Ok(Self {
-            expected_version,
-            idempotency,
-            // The request itself is the cause of the events it appends.
-            causation: Causation {
-                correlation_id,
-                causation_id: Uuid::now_v7(),
-            },
-        })
+            Outcome::Replayed(Recorded { status, body }) => {
+                let mut response = problem_response(status, body);
+                mark_replayed(&mut response);
+                response
+            }
+        }
     }
+}
+
+fn command_response(status: StatusCode, body: serde_json::Value, replayed: bool) -> Response {
+    let etag = body
+        .get("version")
+        .and_then(serde_json::Value::as_i64)
+        .and_then(|version| HeaderValue::from_str(&format!("\"{version}\"")).ok());
+    let mut response = (status, Json(body)).into_response();
+    if let Some(etag) = etag {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    if replayed {
+        mark_replayed(&mut response);
+    }
+    response
+}
+
+fn mark_replayed(response: &mut Response) {
+    response
+        .headers_mut()
+        .insert("idempotency-replayed", HeaderValue::from_static("true"));
 }

@@ -1,16 +1,18 @@
 //! The command side: HTTP command endpoints over an event store with a transactional outbox.
 //!
-//! Layers, each knowing only the one below: HTTP (`http`) -> `command` (one transaction:
-//! idempotency claim, `domain::Delivery::decide`, append) -> event store + outbox (`store`).
+//! Layers, each knowing only the one below: HTTP (`http`: a `context::CommandContext` and a
+//! command) -> `service` (one transaction: idempotency claim, `domain::Delivery::decide`,
+//! append; answers with an `Outcome`) -> event store + outbox (`store`).
 
 pub mod auth;
-mod command;
+pub mod context;
 pub mod error;
 mod http;
 pub mod idempotency;
 pub mod limits;
 pub mod relay;
 pub mod serve;
+pub mod service;
 pub mod store;
 
 pub use auth::Tokens;

@@ -1,0 +1,292 @@
+//! The command service: one command, one transaction. Claim the idempotency key, load, decide,
+//! append, record the verdict under the key, commit.
+//!
+//! It answers with an `Outcome` or an `ApiError`, never with an HTTP response: the handlers in
+//! `http` map those, and tests drive the service without HTTP (`tests/service.rs`).
+
+use crate::context::CommandContext;
+use crate::error::ApiError;
+use crate::idempotency::{Claim, Fingerprint, IdempotentRequest, StoredResponse};
+use crate::store::{self, Appended, Causation, StoreError};
+use axum::http::StatusCode;
+use chrono::Utc;
+use domain::{Actor, Command, Delivery, DeliveryId};
+use serde::Serialize;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Runs commands against the event store.
+#[derive(Clone)]
+pub struct CommandService {
+    pool: PgPool,
+    /// How long an `Idempotency-Key` is remembered.
+    idempotency_ttl: Duration,
+}
+
+/// A command, and what the request's body says besides it.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub delivery_id: DeliveryId,
+    pub command: Command,
+    /// The body's `expected_version`; when `If-Match` is sent too, the two must agree.
+    pub expected_version: Option<i64>,
+    /// The body as the client sent it (`null` for a command without one): with the path and
+    /// `If-Match`, what an `Idempotency-Key` stands for.
+    pub body: serde_json::Value,
+}
+
+impl Submission {
+    /// `command` on `delivery_id`, from a request without a body.
+    pub fn new(delivery_id: DeliveryId, command: Command) -> Self {
+        Self {
+            delivery_id,
+            command,
+            expected_version: None,
+            body: serde_json::Value::Null,
+        }
+    }
+
+    /// The same, from a request with `body`, which may expect a version.
+    pub fn with_body(self, body: serde_json::Value, expected_version: Option<i64>) -> Self {
+        Self {
+            body,
+            expected_version,
+            ..self
+        }
+    }
+}
+
+/// What became of a command that did not fail.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The command ran now: its events are stored, each with its outbox record.
+    Accepted(Accepted),
+    /// The same request came before with this `Idempotency-Key`: its first verdict again.
+    Replayed(Recorded),
+}
+
+/// A command's events, as stored. Serialized, it is the success body a client reads.
+#[derive(Debug, Clone, Serialize)]
+pub struct Accepted {
+    pub delivery_id: DeliveryId,
+    /// The delivery's version after the command: what a client sends back as `If-Match`.
+    pub version: i64,
+    pub events: Vec<Appended>,
+    /// Whether the command created the delivery.
+    #[serde(skip)]
+    pub created: bool,
+}
+
+impl Accepted {
+    pub fn status(&self) -> StatusCode {
+        if self.created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        }
+    }
+
+    #[expect(
+        clippy::unwrap_used,
+        reason = "ids, integers and static type names always serialize"
+    )]
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap()
+    }
+}
+
+/// A verdict recorded under an `Idempotency-Key`, as first answered: a success (2xx, the
+/// `Accepted` body) or a refusal (a problem document).
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub status: StatusCode,
+    pub body: serde_json::Value,
+}
+
+/// A command's verdict, reached against the history it loaded in its transaction: the same
+/// request sent again with the same key gets exactly this again.
+enum Verdict {
+    Done(Accepted),
+    /// Refused by the domain or by the client's `If-Match`; nothing was appended.
+    Refused(ApiError),
+}
+
+impl CommandService {
+    pub fn new(pool: PgPool, idempotency_ttl: Duration) -> Self {
+        Self {
+            pool,
+            idempotency_ttl,
+        }
+    }
+
+    /// Runs a command in one transaction. Every `Err` before the commit rolls the transaction
+    /// back (the `?` drops it), the idempotency claim with it, so a retry runs the command
+    /// again; a refusal is an `Err` too, recorded first when the request has a key.
+    pub async fn handle(
+        &self,
+        context: &CommandContext,
+        submission: Submission,
+    ) -> Result<Outcome, ApiError> {
+        let expected_version = agreed_version(context.if_match, submission.expected_version)?;
+        let idempotency = context.idempotency_key.as_ref().map(|key| {
+            let fingerprint = Fingerprint {
+                // Every command is a POST; the method stays in the fingerprint so that keys
+                // recorded before keep their hashes.
+                method: "POST",
+                path: &context.path,
+                if_match: context.if_match,
+                body: &submission.body,
+            };
+            let actor = &context.actor;
+            IdempotentRequest::new(
+                format!("{}:{}", actor.role, actor.id),
+                key.clone(),
+                &fingerprint,
+            )
+        });
+        // The request itself is the cause of the events it appends.
+        let causation = Causation {
+            correlation_id: context.correlation_id,
+            causation_id: Uuid::now_v7(),
+        };
+        let mut tx = self.pool.begin().await?;
+        if let Some(idempotency) = &idempotency
+            && let Claim::Recorded(stored) =
+                idempotency.claim(&mut tx, self.idempotency_ttl).await?
+        {
+            end(tx).await;
+            return replay(idempotency, stored).map(Outcome::Replayed);
+        }
+        let verdict = decide_and_append(
+            &mut tx,
+            &context.actor,
+            submission,
+            expected_version,
+            causation,
+        )
+        .await?;
+        match (&idempotency, &verdict) {
+            (Some(idempotency), verdict) => {
+                let (status, body) = match verdict {
+                    Verdict::Done(accepted) => (accepted.status(), accepted.body()),
+                    Verdict::Refused(refusal) => (refusal.status_code(), refusal.problem()),
+                };
+                idempotency.record(&mut tx, status.as_u16(), &body).await?;
+                tx.commit().await?;
+            }
+            (None, Verdict::Done(_)) => tx.commit().await?,
+            (None, Verdict::Refused(_)) => end(tx).await,
+        }
+        match verdict {
+            Verdict::Done(accepted) => Ok(Outcome::Accepted(accepted)),
+            Verdict::Refused(refusal) => Err(refusal),
+        }
+    }
+}
+
+/// The version the client expects, from `If-Match` or the body; both must agree when both
+/// are given.
+fn agreed_version(if_match: Option<i64>, in_body: Option<i64>) -> Result<Option<i64>, ApiError> {
+    match (if_match, in_body) {
+        (Some(a), Some(b)) if a != b => Err(ApiError::InvalidHeader(
+            "If-Match and expected_version disagree".into(),
+        )),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
+/// Ends a transaction that wrote nothing worth keeping. A failed rollback means the connection
+/// broke, and Postgres aborts the transaction itself then: the answer stands.
+async fn end(tx: Transaction<'_, Postgres>) {
+    if let Err(e) = tx.rollback().await {
+        tracing::warn!(error = %e, "rolling back a transaction that wrote nothing");
+    }
+}
+
+async fn decide_and_append(
+    tx: &mut PgConnection,
+    actor: &Actor,
+    submission: Submission,
+    expected_version: Option<i64>,
+    causation: Causation,
+) -> Result<Verdict, ApiError> {
+    let Submission {
+        delivery_id,
+        command,
+        ..
+    } = submission;
+    let created = matches!(command, Command::Create { .. });
+    let history = store::load(tx, delivery_id).await.map_err(store_error)?;
+    let facts = history
+        .iter()
+        .map(|envelope| envelope.decode())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let delivery = Delivery::replay(&facts).map_err(|e| ApiError::Internal(e.into()))?;
+    if let Some(expected) = expected_version
+        && expected != delivery.version
+    {
+        return Ok(Verdict::Refused(ApiError::VersionConflict {
+            expected,
+            actual: delivery.version,
+        }));
+    }
+    let events = match delivery.decide(command, actor, Utc::now()) {
+        Ok(events) => events,
+        Err(refusal) => return Ok(Verdict::Refused(refusal.into())),
+    };
+    let head = store::Head::of(&history);
+    // A conflict here is a race lost to a writer that committed first: the transaction is
+    // aborted, nothing is recorded, and a retry decides again on the new history.
+    let appended = match store::append_after(tx, &head, &events, causation).await {
+        Ok(appended) => appended,
+        // Two creates of one id raced: the loser sees the delivery as already there.
+        Err(StoreError::VersionConflict { .. }) if created => {
+            return Err(ApiError::AlreadyExists);
+        }
+        Err(StoreError::VersionConflict { version }) => {
+            return Err(ApiError::VersionConflict {
+                expected: expected_version.unwrap_or(delivery.version),
+                actual: version,
+            });
+        }
+        Err(e) => return Err(store_error(e)),
+    };
+    let version = appended.last().map_or(delivery.version, |a| a.version);
+    Ok(Verdict::Done(Accepted {
+        delivery_id,
+        version,
+        events: appended,
+        created,
+    }))
+}
+
+/// The recorded verdict, if this is the same request; `idempotency-key-reused` otherwise.
+fn replay(request: &IdempotentRequest, stored: StoredResponse) -> Result<Recorded, ApiError> {
+    if stored.request_hash != request.request_hash {
+        return Err(ApiError::IdempotencyKeyReused);
+    }
+    let status = u16::try_from(stored.status)
+        .ok()
+        .and_then(|status| StatusCode::from_u16(status).ok())
+        .filter(|status| status.as_u16() >= 200)
+        .ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!(
+                "idempotency key recorded without an outcome (status {})",
+                stored.status
+            ))
+        })?;
+    Ok(Recorded {
+        status,
+        body: stored.body,
+    })
+}
+
+/// A database failure inside the store keeps its meaning (a 503 for an outage).
+fn store_error(error: StoreError) -> ApiError {
+    match error {
+        StoreError::Database(e) => e.into(),
+        other => ApiError::Internal(other.into()),
+    }
+}
