@@ -1,10 +1,11 @@
-//! The one error type of the HTTP boundary, written as `application/problem+json` (RFC 9457).
+//! The one error type of the HTTP boundary, written as `application/problem+json` (RFC 9457)
+//! by `platform::problem`.
 
 use axum::extract::rejection::JsonRejection;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use domain::DeliveryError;
-use serde_json::json;
+use platform::problem::{self, Problem};
 
 /// What a 503 tells the client to wait before retrying, in seconds. Every 503 is a passing
 /// condition (a database outage, a crowd, a slow statement), so every 503 carries it.
@@ -108,14 +109,35 @@ impl ApiError {
     /// The problem document (without headers): what the client reads, and what an idempotency
     /// key records for a refused command so a retry replays the very same body.
     pub fn problem(&self) -> serde_json::Value {
-        let status = self.status_code();
-        json!({
-            "type": format!("https://delivery-platform.dev/problems/{}", self.code()),
-            "code": self.code(),
-            "title": status.canonical_reason().unwrap_or("error"),
-            "status": status.as_u16(),
-            "detail": self.to_string(),
-        })
+        problem::document(self)
+    }
+
+    /// Every 503 tells the client when to retry; nothing else does.
+    pub fn retry_after(&self) -> Option<u32> {
+        retry_after(self.status_code())
+    }
+
+    /// A recorded problem document, answered again with the headers its status calls for.
+    pub(crate) fn recorded_response(status: StatusCode, document: &serde_json::Value) -> Response {
+        problem::response(status, document, retry_after(status))
+    }
+}
+
+fn retry_after(status: StatusCode) -> Option<u32> {
+    (status == StatusCode::SERVICE_UNAVAILABLE).then_some(RETRY_AFTER_SECONDS)
+}
+
+impl Problem for ApiError {
+    fn status(&self) -> StatusCode {
+        self.status_code()
+    }
+
+    fn code(&self) -> &'static str {
+        ApiError::code(self)
+    }
+
+    fn retry_after(&self) -> Option<u32> {
+        ApiError::retry_after(self)
     }
 }
 
@@ -186,23 +208,6 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-/// A problem response from a status and a problem document, as built here or as recorded.
-pub(crate) fn problem_response(status: StatusCode, problem: serde_json::Value) -> Response {
-    let mut response = (status, problem.to_string()).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    if status == StatusCode::UNAUTHORIZED {
-        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
-    }
-    response
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         // Logged once, inside the request span; the client never sees internal text.
@@ -219,13 +224,14 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        problem_response(self.status_code(), self.problem())
+        problem::respond(&self)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::header;
 
     #[test]
     fn connection_failures_are_unavailable_and_never_internal() {

@@ -4,7 +4,7 @@
 
 use crate::auth::Tokens;
 use crate::context::CommandContext;
-use crate::error::{ApiError, problem_response};
+use crate::error::ApiError;
 use crate::limits::{self, Guard, Limits};
 use crate::service::{CommandService, Outcome, Recorded, Submission};
 use axum::extract::{DefaultBodyLimit, FromRef, FromRequest, Path, State};
@@ -182,7 +182,7 @@ impl IntoResponse for Outcome {
                 command_response(status, body, true)
             }
             Outcome::Replayed(Recorded { status, body }) => {
-                let mut response = problem_response(status, body);
+                let mut response = ApiError::recorded_response(status, &body);
                 mark_replayed(&mut response);
                 response
             }

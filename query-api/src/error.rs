@@ -1,10 +1,10 @@
-//! The one error type of the HTTP boundary, written as `application/problem+json` (RFC 9457),
-//! in the same shape as the command API's.
+//! The one error type of the HTTP boundary, written as `application/problem+json` (RFC 9457)
+//! by `platform::problem`, in the same shape as the command API's.
 
 use axum::extract::rejection::QueryRejection;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use platform::problem::{self, Problem};
 
 /// Every way a read can fail. `code` is the stable contract; `detail` is for people.
 #[derive(Debug, thiserror::Error)]
@@ -154,9 +154,22 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+impl Problem for ApiError {
+    fn status(&self) -> StatusCode {
+        self.status_code()
+    }
+
+    fn code(&self) -> &'static str {
+        ApiError::code(self)
+    }
+
+    fn retry_after(&self) -> Option<u32> {
+        ApiError::retry_after(self)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status_code();
         match &self {
             // Logged once, inside the request span; the client never sees internal text.
             ApiError::Internal(cause) => tracing::error!(error = ?cause, "query failed"),
@@ -166,25 +179,6 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        let body = json!({
-            "type": format!("https://delivery-platform.dev/problems/{}", self.code()),
-            "code": self.code(),
-            "title": status.canonical_reason().unwrap_or("error"),
-            "status": status.as_u16(),
-            "detail": self.to_string(),
-        });
-        let mut response = (status, body.to_string()).into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        if let ApiError::Unauthorized = self {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        if let Some(seconds) = self.retry_after() {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        response
+        problem::respond(&self)
     }
 }
