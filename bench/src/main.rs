@@ -44,11 +44,7 @@ enum Bench {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    platform::service::Tracing::from_env_or("warn").init();
     match Cli::parse().bench {
         Bench::Commands(config) => commands::run(config).await?,
         Bench::Pipeline(config) => pipeline::run(config).await?,

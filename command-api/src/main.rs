@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use command_api::relay::{self, RelayConfig};
-use command_api::serve::{ServeConfig, shutdown_signal};
+use command_api::serve::ServeConfig;
 use sqlx::postgres::PgPoolOptions;
 
 /// The delivery command side: HTTP command API and outbox relay.
@@ -43,12 +43,7 @@ struct RelayArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tower_http=info".into()),
-        )
-        .init();
+    platform::service::Tracing::from_env_or("info,tower_http=info").init();
     let cli = Cli::parse();
     match cli.command {
         // Serve builds its own pool, with its timeouts (see `command_api::serve`).
@@ -61,12 +56,8 @@ async fn main() -> anyhow::Result<()> {
                 .connect_lazy(&cli.database_url)
                 .context("parsing the write database URL (WRITE_DATABASE_URL)")?;
             let producers = relay::ProducerSettings::new(&args.brokers);
-            let shutdown = tokio_util::sync::CancellationToken::new();
-            let cancel = shutdown.clone();
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                cancel.cancel();
-            });
+            // On Ctrl-C or SIGTERM the relay stops reading; what it sent is still confirmed.
+            let shutdown = platform::service::cancel_on_shutdown();
             let config = RelayConfig {
                 topic: args.topic,
                 batch_size: args.batch_size,

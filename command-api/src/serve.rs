@@ -132,14 +132,8 @@ pub async fn run(database_url: &str, config: ServeConfig) -> anyhow::Result<()> 
         tokens,
         max_body_bytes: config.max_body_bytes,
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    tracing::info!(address = %listener.local_addr()?, "command API listening");
-    axum::serve(listener, app_with_limits(state, limits))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving")
+    // In-flight commands finish before the process exits.
+    platform::service::serve(app_with_limits(state, limits), config.listen, "command API").await
 }
 
 /// Deletes expired idempotency keys every `every`, for as long as the process serves. A
@@ -156,26 +150,6 @@ async fn clean_up_keys(pool: PgPool, ttl: Duration, every: Duration, batch: i64)
             Err(e) => tracing::warn!(error = %e, "deleting expired idempotency keys"),
         }
     }
-}
-
-/// Resolves on Ctrl-C or SIGTERM, so in-flight commands finish before the process exits.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down");
 }
 
 #[cfg(test)]

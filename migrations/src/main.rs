@@ -20,9 +20,7 @@ struct Config {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .init();
+    platform::service::Tracing::from_env_lossy().init();
     let config = Config::parse();
     for (name, url, migrator) in [
         ("write", &config.write_database_url, &migrations::WRITE),

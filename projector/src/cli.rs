@@ -14,7 +14,6 @@ use sqlx::postgres::PgPoolOptions;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// The read side's projector: Kafka `delivery.events` -> query tables in the read database.
 #[derive(Parser)]
@@ -159,12 +158,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     match cli.command {
         Cmd::Run(args) => {
-            let shutdown = CancellationToken::new();
-            let cancel = shutdown.clone();
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                cancel.cancel();
-            });
+            // On Ctrl-C or SIGTERM the batch being written still commits; only reading stops.
+            let shutdown = platform::service::cancel_on_shutdown();
             let config = ProjectorConfig {
                 brokers: args.kafka.brokers,
                 topic: args.kafka.topic,
@@ -177,12 +172,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Rebuild(args) => {
-            let shutdown = CancellationToken::new();
-            let cancel = shutdown.clone();
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                cancel.cancel();
-            });
+            // On Ctrl-C or SIGTERM the batch being written still commits; only reading stops.
+            let shutdown = platform::service::cancel_on_shutdown();
             let projections = if args.projections.is_empty() {
                 catalog::ALL.to_vec()
             } else {
@@ -247,24 +238,4 @@ fn peak_memory_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Resolves on Ctrl-C or SIGTERM. The batch being written still commits; only reading stops.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down");
 }

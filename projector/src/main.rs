@@ -10,11 +10,8 @@ use std::process::ExitCode;
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     // Logs go to stderr: stdout is the command's report.
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
+    platform::service::Tracing::from_env_or("info")
+        .to_stderr()
         .init();
     cli::run(Cli::parse()).await
 }

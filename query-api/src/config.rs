@@ -142,34 +142,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         max_wait: Duration::from_millis(config.max_wait_ms),
         projection,
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    tracing::info!(address = %listener.local_addr()?, "query API listening");
-    axum::serve(listener, app_with_bounds(state, bounds.http))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving")
-}
-
-/// Resolves on Ctrl-C or SIGTERM, so in-flight reads finish before the process exits.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down");
+    // In-flight reads finish before the process exits.
+    platform::service::serve(
+        app_with_bounds(state, bounds.http),
+        config.listen,
+        "query API",
+    )
+    .await
 }
 
 #[cfg(test)]
