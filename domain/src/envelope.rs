@@ -58,9 +58,15 @@ impl EventEnvelope {
         serde_json::from_slice(bytes).map_err(|e| DecodeError::Envelope(e.to_string()))
     }
 
+    /// The envelope as published: JSON bytes.
+    #[expect(
+        clippy::unwrap_used,
+        reason = "every field is a string, number, uuid, time or already-valid JSON value, and \
+                  writing to a Vec cannot fail: serializing cannot fail"
+    )]
     pub fn to_json(&self) -> Vec<u8> {
-        // Every field is a string, number, uuid, time or already-valid JSON value.
-        serde_json::to_vec(self).unwrap_or_default()
+        // Empty bytes here would be published as the event: better no message at all.
+        serde_json::to_vec(self).unwrap()
     }
 
     /// The domain fact inside, checked against the schema this build knows.
