@@ -1,8 +1,9 @@
 //! A Kafka-protocol broker for tests: nisshi on a free port with in-memory storage, killed
 //! when dropped. Our code only speaks the Kafka protocol; nisshi is the broker these machines
-//! can run. This file depends on tokio alone, so crates the `e2e` crate depends on (the
-//! projector) can include it with `#[path]` instead of copying it.
+//! can run.
 
+use rdkafka::ClientConfig;
+use rdkafka::producer::FutureProducer;
 use std::time::Duration;
 use tokio::process::{Child, Command as Process};
 
@@ -21,6 +22,11 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// A broker with the event topic ([`crate::TOPIC`]).
+    pub async fn start(partitions: u32) -> Broker {
+        Broker::start_with(crate::TOPIC, partitions).await
+    }
+
     /// Starts a broker with `topic` created with `partitions` partitions.
     pub async fn start_with(topic: &str, partitions: u32) -> Broker {
         Broker::start_on(topic, partitions, &format!("127.0.0.1:{}", free_port())).await
@@ -67,11 +73,16 @@ impl Broker {
         Broker { address, process }
     }
 
+    /// A producer to this broker that waits for every replica to take a message.
+    pub fn producer(&self) -> FutureProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.address)
+            .set("acks", "all")
+            .create()
+            .expect("a producer")
+    }
+
     /// Kills the broker (SIGKILL, as in a crash) and waits until its port is closed.
-    #[allow(
-        dead_code,
-        reason = "the projector's tests include this file and kill no broker"
-    )]
     pub async fn kill(mut self) {
         let _ = self.process.kill().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
