@@ -4,12 +4,9 @@
 
 mod common;
 
-#[path = "../../tests/src/broker.rs"]
-mod broker;
-
-use broker::Broker;
 use common::*;
 use domain::EventEnvelope;
+use e2e::{Broker, eventually};
 use projector::offsets::Ahead;
 use projector::{Progress, ProjectorConfig, ProjectorError};
 use rdkafka::ClientConfig;
@@ -36,11 +33,7 @@ struct Setup {
 impl Setup {
     async fn new(pool: PgPool, partitions: u32) -> Setup {
         let broker = Broker::start_with(TOPIC, partitions).await;
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", &broker.address)
-            .set("acks", "all")
-            .create()
-            .expect("producer");
+        let producer = broker.producer();
         let pool = PgPoolOptions::new()
             .max_connections(6)
             .connect_with((*pool.connect_options()).clone())

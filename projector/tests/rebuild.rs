@@ -4,12 +4,9 @@
 
 mod common;
 
-#[path = "../../tests/src/broker.rs"]
-mod broker;
-
-use broker::Broker;
 use common::*;
 use domain::{DeliveryEvent, EventEnvelope};
+use e2e::{Broker, eventually};
 use projector::catalog::{self, Projection};
 use projector::rebuild::{RebuildConfig, RebuildError, RebuildReport, rebuild};
 use projector::{Progress, ProjectorConfig};
@@ -82,11 +79,7 @@ struct Setup {
 impl Setup {
     async fn new(pool: PgPool) -> Setup {
         let broker = Broker::start_with(TOPIC, 3).await;
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", &broker.address)
-            .set("acks", "all")
-            .create()
-            .expect("producer");
+        let producer = broker.producer();
         // Pools of their own: the live projector and the rebuild each hold connections.
         let pool = PgPoolOptions::new()
             .max_connections(8)
