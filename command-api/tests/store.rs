@@ -5,6 +5,7 @@ use chrono::Utc;
 use command_api::store::{self, Causation, StoreError};
 use domain::fixtures::{as_rider, assign, create, dispatcher, id, pick_up, t};
 use domain::{ChainError, Delivery, DeliveryId, verify_chain};
+use e2e::tamper;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -110,20 +111,6 @@ async fn three_events_in_two_appends(pool: &PgPool, delivery_id: DeliveryId) {
 async fn load(pool: &PgPool, delivery_id: DeliveryId) -> Vec<domain::EventEnvelope> {
     let mut conn = pool.acquire().await.expect("connection");
     store::load(&mut conn, delivery_id).await.expect("load")
-}
-
-/// Changes the event store as someone with the owner's privileges could: the immutability
-/// trigger is switched off for the statement and back on.
-async fn tamper(pool: &PgPool, statement: &str) {
-    let mut tx = pool.begin().await.expect("begin");
-    for sql in [
-        "alter table events disable trigger events_are_immutable",
-        statement,
-        "alter table events enable trigger events_are_immutable",
-    ] {
-        sqlx::query(sql).execute(&mut *tx).await.expect(sql);
-    }
-    tx.commit().await.expect("commit");
 }
 
 #[sqlx::test(migrator = "migrations::WRITE")]

@@ -8,11 +8,10 @@ mod common;
 
 use common::*;
 use domain::EventEnvelope;
-use e2e::{Broker, FreshDatabase};
+use e2e::{Broker, FreshDatabase, tamper};
 use projector::audit::{self, AuditConfig, Check, Report, TopicIndex};
 use projector::projection::Incoming;
 use projector::{Subscription, apply_batch};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
 use std::time::Duration;
 
@@ -117,19 +116,6 @@ fn found(report: &Report) -> Vec<(Check, u128, Option<i64>)> {
             (p.check, delivery, p.version)
         })
         .collect()
-}
-
-/// Changes the event store as someone with the owner's privileges could.
-async fn tamper(write: &PgPool, statement: &str) {
-    let mut tx = write.begin().await.expect("begin");
-    for sql in [
-        "alter table events disable trigger events_are_immutable",
-        statement,
-        "alter table events enable trigger events_are_immutable",
-    ] {
-        sqlx::query(sql).execute(&mut *tx).await.expect(sql);
-    }
-    tx.commit().await.expect("commit");
 }
 
 #[sqlx::test(migrator = "migrations::WRITE")]
@@ -440,34 +426,18 @@ impl AuditBroker for Broker {
     }
 }
 
-/// Publishes envelopes as the relay does: JSON payload, keyed by delivery id.
-async fn publish(producer: &FutureProducer, events: &[EventEnvelope]) {
-    for event in events {
-        let key = event.delivery_id.to_string();
-        let payload = event.to_json();
-        producer
-            .send(
-                FutureRecord::to(TOPIC).key(&key).payload(&payload),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(error, _)| error)
-            .expect("published");
-    }
-}
-
 #[sqlx::test(migrator = "migrations::WRITE")]
 async fn the_topic_is_read_from_a_real_broker_and_its_damage_reported(write: PgPool) {
     let broker = Broker::start_with(TOPIC, 2).await;
-    let producer = broker.producer();
+    let publisher = broker.publisher(TOPIC);
     let read = read_database().await;
 
     // Delivery 1 everywhere, its first event published twice (a relay retry).
     let first: Vec<EventEnvelope> = histories().into_iter().take(4).collect();
     store(&write, &first).await;
     project(&read.pool, &as_messages(&first, 0)).await;
-    publish(&producer, &first).await;
-    publish(&producer, &first[..1]).await;
+    publisher.publish(&first).await;
+    publisher.publish(&first[..1]).await;
 
     let report = audit::verify(&write, &read.pool, &broker.audit_config())
         .await
@@ -484,7 +454,7 @@ async fn the_topic_is_read_from_a_real_broker_and_its_damage_reported(write: PgP
     changed.data["order_ref"] = "order-2".into();
     let mut conflicting = first[2].clone();
     conflicting.actor.id = "desk-9".into();
-    publish(&producer, &[changed, conflicting]).await;
+    publisher.publish(&[changed, conflicting]).await;
 
     let report = audit::verify(&write, &read.pool, &broker.audit_config())
         .await

@@ -2,8 +2,10 @@
 //! when dropped. Our code only speaks the Kafka protocol; nisshi is the broker these machines
 //! can run.
 
+use domain::EventEnvelope;
 use rdkafka::ClientConfig;
-use rdkafka::producer::FutureProducer;
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::time::Duration;
 use tokio::process::{Child, Command as Process};
 
@@ -82,6 +84,14 @@ impl Broker {
             .expect("a producer")
     }
 
+    /// A publisher to `topic` on this broker.
+    pub fn publisher(&self, topic: &str) -> Publisher {
+        Publisher {
+            producer: self.producer(),
+            topic: topic.to_owned(),
+        }
+    }
+
     /// Kills the broker (SIGKILL, as in a crash) and waits until its port is closed.
     pub async fn kill(mut self) {
         let _ = self.process.kill().await;
@@ -92,6 +102,34 @@ impl Broker {
                 "the killed broker still listens"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A producer to one topic, publishing the way the relay does.
+pub struct Publisher {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl Publisher {
+    /// Sends one message and waits until the broker has it.
+    pub async fn send<K: ToBytes + ?Sized>(&self, key: &K, payload: &[u8]) {
+        self.producer
+            .send(
+                FutureRecord::to(&self.topic).key(key).payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(error, _)| error)
+            .expect("published");
+    }
+
+    /// Publishes `events` as the relay does: each envelope as JSON, keyed by its delivery id.
+    pub async fn publish(&self, events: &[EventEnvelope]) {
+        for event in events {
+            self.send(&event.delivery_id.to_string(), &event.to_json())
+                .await;
         }
     }
 }

@@ -71,3 +71,17 @@ impl FreshDatabase {
         let _ = admin.close().await;
     }
 }
+
+/// Changes the event store of `write` as someone with the owner's privileges could: the
+/// immutability trigger is switched off for `statement` and back on, in one transaction.
+pub async fn tamper(write: &PgPool, statement: &str) {
+    let mut tx = write.begin().await.expect("begin");
+    for sql in [
+        "alter table events disable trigger events_are_immutable",
+        statement,
+        "alter table events enable trigger events_are_immutable",
+    ] {
+        sqlx::query(sql).execute(&mut *tx).await.expect(sql);
+    }
+    tx.commit().await.expect("commit");
+}

@@ -1,7 +1,8 @@
 //! The test kit every crate's tests share, and the real stack for the end-to-end tests.
 //!
-//! For any crate's tests: a Kafka-protocol broker process ([`broker`]), a fresh migrated
-//! database on the local Postgres ([`db`]) and polling with a deadline ([`wait`]). The command
+//! For any crate's tests: a Kafka-protocol broker process and a publisher to it ([`broker`]),
+//! a fresh migrated database on the local Postgres and a way to tamper with the event store
+//! ([`db`]), and polling with a deadline ([`wait`]). The command
 //! API, the projector and the query API take this crate as a dev-dependency (cargo allows that
 //! cycle for tests); event fixtures live beside the events, in `domain::fixtures`.
 //!
@@ -18,9 +19,9 @@ mod redact;
 mod stack;
 pub mod wait;
 
-pub use broker::{Broker, free_port};
+pub use broker::{Broker, Publisher, free_port};
 pub use client::{CommandClient, Fate};
-pub use db::{FreshDatabase, admin_url};
+pub use db::{FreshDatabase, admin_url, tamper};
 pub use redact::redact;
 pub use stack::TestStack;
 pub use wait::eventually;
