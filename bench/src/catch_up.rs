@@ -4,10 +4,8 @@
 
 use anyhow::{Context, bail};
 use chrono::Utc;
-use domain::{
-    Actor, Address, Completed, Created, CustomerId, DeliveryEvent, DeliveryId, EventEnvelope,
-    OrderRef, PickedUp, RiderAssigned, RiderId, Role, SCHEMA_VERSION,
-};
+use domain::fixtures::{assigned, completed, details, envelope_of, id, picked_up};
+use domain::{Actor, Created, DeliveryEvent, Event, EventEnvelope, OrderRef, Role};
 use futures::StreamExt;
 use projector::{Progress, ProjectorConfig};
 use rdkafka::ClientConfig;
@@ -117,43 +115,38 @@ pub(crate) async fn project(
     Ok((elapsed, progress.batches.load(Ordering::Relaxed)))
 }
 
+/// Delivery `n`'s whole lifecycle in the test kit's words (`domain::fixtures`), with its own
+/// order and one of 500 riders, stamped now with fresh event ids as the command API would.
 fn lifecycle(n: u64) -> Vec<EventEnvelope> {
-    let id = DeliveryId::from_uuid(Uuid::from_u128(u128::from(n) + 1));
-    let rider = RiderId::parse(format!("rider-{}", n % 500)).unwrap_or_else(|_| unreachable!());
-    let address = Address::new("Main St 1", 52.52, 13.40).unwrap_or_else(|_| unreachable!());
+    let delivery = id(u128::from(n) + 1);
+    let rider = format!("rider-{}", n % 500);
+    let order_ref = OrderRef::parse(format!("order-{n}")).unwrap_or_else(|_| unreachable!());
     let changes = [
         DeliveryEvent::Created(Created {
-            order_ref: OrderRef::parse(format!("order-{n}")).unwrap_or_else(|_| unreachable!()),
-            customer_id: CustomerId::parse("customer-1").unwrap_or_else(|_| unreachable!()),
-            pickup: address.clone(),
-            dropoff: address,
+            order_ref,
+            ..details()
         }),
-        DeliveryEvent::RiderAssigned(RiderAssigned {
-            rider_id: rider.clone(),
-            previous_rider_id: None,
-        }),
-        DeliveryEvent::PickedUp(PickedUp {
-            rider_id: rider.clone(),
-        }),
-        DeliveryEvent::Completed(Completed { rider_id: rider }),
+        assigned(&rider),
+        picked_up(&rider),
+        completed(&rider),
     ];
     let now = Utc::now();
     changes
         .into_iter()
         .zip(1..)
-        .map(|(change, version)| EventEnvelope {
-            event_id: Uuid::now_v7(),
-            delivery_id: id,
-            version,
-            event_type: change.event_type().to_owned(),
-            schema_version: SCHEMA_VERSION,
-            occurred_at: now,
-            recorded_at: now,
-            actor: Actor::new(Role::System, "bench"),
-            correlation_id: Uuid::nil(),
-            causation_id: Uuid::nil(),
-            data: change.data(),
-            hash: None,
+        .map(|(change, version)| {
+            let event = Event {
+                delivery_id: delivery,
+                occurred_at: now,
+                actor: Actor::new(Role::System, "bench"),
+                change,
+            };
+            EventEnvelope {
+                event_id: Uuid::now_v7(),
+                correlation_id: Uuid::nil(),
+                causation_id: Uuid::nil(),
+                ..envelope_of(&event, version)
+            }
         })
         .collect()
 }

@@ -3,11 +3,11 @@
 //! OUT_OF_ORDER_SEQUENCE_NUMBER can no longer reason about its messages and raises a fatal
 //! error); the outbox is a real Postgres database, fresh per test.
 
-use chrono::{TimeZone, Utc};
 use command_api::relay::{self, ProducerSettings, Recovery, RelayConfig, RelayError};
 use command_api::store::{self, Causation};
-use domain::{Actor, Address, Command, CustomerId, Delivery, DeliveryId, EventEnvelope, OrderRef};
-use domain::{RiderId, Role};
+use domain::fixtures::{assign, create, dispatcher, id, t};
+use domain::{Delivery, EventEnvelope};
+use e2e::eventually;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -64,27 +64,14 @@ async fn an_out_of_order_sequence_at_the_head_makes_the_idempotent_producer_fata
 
 /// Appends create + assign for `count` deliveries: 2 outbox rows each, interleaved.
 async fn record(pool: &PgPool, count: u128) {
-    let dispatcher = Actor::new(Role::Dispatcher, "desk-1");
-    let at = Utc
-        .with_ymd_and_hms(2026, 11, 23, 12, 0, 0)
-        .single()
-        .expect("time");
-    let address = Address::new("Main St 1", 52.5, 13.4).expect("address");
     let causation = Causation {
         correlation_id: Uuid::from_u128(1),
         causation_id: Uuid::from_u128(2),
     };
     let mut deliveries = Vec::new();
     for n in 1..=count {
-        let create = Command::Create {
-            delivery_id: DeliveryId::from_uuid(Uuid::from_u128(n)),
-            order_ref: OrderRef::parse("order-1").expect("valid"),
-            customer_id: CustomerId::parse("customer-1").expect("valid"),
-            pickup: address.clone(),
-            dropoff: address.clone(),
-        };
         let events = Delivery::default()
-            .decide(create, &dispatcher, at)
+            .decide(create(id(n)), &dispatcher(), t(0))
             .expect("allowed");
         let mut tx = pool.begin().await.expect("begin");
         store::append(&mut tx, 0, &events, causation)
@@ -94,10 +81,9 @@ async fn record(pool: &PgPool, count: u128) {
         deliveries.push(Delivery::replay(&events).expect("valid"));
     }
     for delivery in deliveries {
-        let assign = Command::AssignRider {
-            rider_id: RiderId::parse("rider-1").expect("valid"),
-        };
-        let events = delivery.decide(assign, &dispatcher, at).expect("allowed");
+        let events = delivery
+            .decide(assign("rider-1"), &dispatcher(), t(0))
+            .expect("allowed");
         let mut tx = pool.begin().await.expect("begin");
         store::append(&mut tx, delivery.version, &events, causation)
             .await
@@ -135,16 +121,18 @@ async fn a_relay_whose_producer_fails_for_good_builds_a_new_one_and_publishes_in
         config,
         shutdown.clone(),
     ));
-    // Poll with a deadline; with the fatal producer kept, the rows would stay unpublished.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while unpublished(&pool).await > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the outbox never drained: the relay kept its broken producer"
-        );
+    // With the fatal producer kept, the rows would stay unpublished.
+    let wait = Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + wait;
+    let what = "the outbox to drain (it never does if the relay keeps its broken producer)";
+    eventually(wait, what, || async {
+        if unpublished(&pool).await == 0 {
+            return Some(());
+        }
         assert!(!running.is_finished(), "the relay gave up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        None
+    })
+    .await;
 
     // Every event arrived, each delivery's in order: copies before the failure may repeat,
     // but no version comes before the one it follows.

@@ -1,38 +1,21 @@
 //! The event store on its own, against a real Postgres: atomic appends, faithful loads, and a
 //! hash chain that shows stored events changed or removed behind the triggers' back.
 
-use chrono::{TimeZone, Utc};
+use chrono::Utc;
 use command_api::store::{self, Causation, StoreError};
-use domain::{
-    Actor, Address, ChainError, Command, CustomerId, Delivery, DeliveryId, OrderRef, RiderId, Role,
-    verify_chain,
-};
+use domain::fixtures::{as_rider, assign, create, dispatcher, id, pick_up, t};
+use domain::{ChainError, Delivery, DeliveryId, verify_chain};
+use e2e::tamper;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 fn two_events(delivery_id: DeliveryId) -> Vec<domain::Event> {
-    let dispatcher = Actor::new(Role::Dispatcher, "desk-1");
-    let at = Utc
-        .with_ymd_and_hms(2026, 11, 23, 12, 0, 0)
-        .single()
-        .expect("valid time");
-    let address = Address::new("Main St 1", 52.5, 13.4).expect("valid address");
-    let create = Command::Create {
-        delivery_id,
-        order_ref: OrderRef::parse("order-1").expect("valid"),
-        customer_id: CustomerId::parse("customer-1").expect("valid"),
-        pickup: address.clone(),
-        dropoff: address,
-    };
     let created = Delivery::default()
-        .decide(create, &dispatcher, at)
+        .decide(create(delivery_id), &dispatcher(), t(0))
         .expect("create is allowed");
     let delivery = Delivery::replay(&created).expect("valid history");
-    let assign = Command::AssignRider {
-        rider_id: RiderId::parse("rider-1").expect("valid"),
-    };
     let assigned = delivery
-        .decide(assign, &dispatcher, at)
+        .decide(assign("rider-1"), &dispatcher(), t(0))
         .expect("assign is allowed");
     created.into_iter().chain(assigned).collect()
 }
@@ -46,7 +29,7 @@ fn causation() -> Causation {
 
 #[sqlx::test(migrator = "migrations::WRITE")]
 async fn an_append_that_fails_part_way_commits_neither_events_nor_outbox_records(pool: PgPool) {
-    let delivery_id = DeliveryId::from_uuid(Uuid::from_u128(42));
+    let delivery_id = id(42);
     // Someone else already holds version 2: our second event must collide with it.
     sqlx::query(
         "insert into events (event_id, delivery_id, version, event_type, schema_version, payload, metadata, occurred_at) \
@@ -76,7 +59,7 @@ async fn an_append_that_fails_part_way_commits_neither_events_nor_outbox_records
 
 #[sqlx::test(migrator = "migrations::WRITE")]
 async fn appended_events_load_back_as_the_same_facts_in_version_order(pool: PgPool) {
-    let delivery_id = DeliveryId::from_uuid(Uuid::from_u128(43));
+    let delivery_id = id(43);
     let events = two_events(delivery_id);
     let mut tx = pool.begin().await.expect("begin");
     let appended = store::append(&mut tx, 0, &events, causation())
@@ -116,9 +99,8 @@ async fn three_events_in_two_appends(pool: &PgPool, delivery_id: DeliveryId) {
         .map(|envelope| envelope.decode().expect("decodes"))
         .collect();
     let delivery = Delivery::replay(&facts).expect("valid history");
-    let rider = Actor::new(Role::Rider, "rider-1");
     let picked_up = delivery
-        .decide(Command::PickUp, &rider, Utc::now())
+        .decide(pick_up(), &as_rider("rider-1"), Utc::now())
         .expect("pick up is allowed");
     store::append_after(&mut tx, &store::Head::of(&history), &picked_up, causation())
         .await
@@ -131,23 +113,9 @@ async fn load(pool: &PgPool, delivery_id: DeliveryId) -> Vec<domain::EventEnvelo
     store::load(&mut conn, delivery_id).await.expect("load")
 }
 
-/// Changes the event store as someone with the owner's privileges could: the immutability
-/// trigger is switched off for the statement and back on.
-async fn tamper(pool: &PgPool, statement: &str) {
-    let mut tx = pool.begin().await.expect("begin");
-    for sql in [
-        "alter table events disable trigger events_are_immutable",
-        statement,
-        "alter table events enable trigger events_are_immutable",
-    ] {
-        sqlx::query(sql).execute(&mut *tx).await.expect(sql);
-    }
-    tx.commit().await.expect("commit");
-}
-
 #[sqlx::test(migrator = "migrations::WRITE")]
 async fn appended_events_carry_an_intact_hash_chain_published_with_them(pool: PgPool) {
-    let delivery_id = DeliveryId::from_uuid(Uuid::from_u128(44));
+    let delivery_id = id(44);
     three_events_in_two_appends(&pool, delivery_id).await;
 
     let loaded = load(&pool, delivery_id).await;
@@ -170,7 +138,7 @@ async fn appended_events_carry_an_intact_hash_chain_published_with_them(pool: Pg
 
 #[sqlx::test(migrator = "migrations::WRITE")]
 async fn a_changed_stored_event_breaks_the_chain_at_its_version(pool: PgPool) {
-    let delivery_id = DeliveryId::from_uuid(Uuid::from_u128(45));
+    let delivery_id = id(45);
     three_events_in_two_appends(&pool, delivery_id).await;
 
     // The database refuses the change as long as the trigger is on.
@@ -193,7 +161,7 @@ async fn a_changed_stored_event_breaks_the_chain_at_its_version(pool: PgPool) {
 
 #[sqlx::test(migrator = "migrations::WRITE")]
 async fn a_changed_actor_or_time_breaks_the_chain(pool: PgPool) {
-    let delivery_id = DeliveryId::from_uuid(Uuid::from_u128(46));
+    let delivery_id = id(46);
     three_events_in_two_appends(&pool, delivery_id).await;
     tamper(
         &pool,
@@ -206,7 +174,7 @@ async fn a_changed_actor_or_time_breaks_the_chain(pool: PgPool) {
         Err(ChainError::Changed { version: 1 })
     );
 
-    let delivery_id = DeliveryId::from_uuid(Uuid::from_u128(47));
+    let delivery_id = id(47);
     three_events_in_two_appends(&pool, delivery_id).await;
     tamper(
         &pool,
@@ -222,7 +190,7 @@ async fn a_changed_actor_or_time_breaks_the_chain(pool: PgPool) {
 
 #[sqlx::test(migrator = "migrations::WRITE")]
 async fn a_removed_stored_event_is_a_missing_version(pool: PgPool) {
-    let delivery_id = DeliveryId::from_uuid(Uuid::from_u128(48));
+    let delivery_id = id(48);
     three_events_in_two_appends(&pool, delivery_id).await;
     tamper(&pool, "delete from events where version = 2").await;
     assert_eq!(
@@ -233,7 +201,7 @@ async fn a_removed_stored_event_is_a_missing_version(pool: PgPool) {
 
 #[sqlx::test(migrator = "migrations::WRITE")]
 async fn a_removed_hash_is_reported(pool: PgPool) {
-    let delivery_id = DeliveryId::from_uuid(Uuid::from_u128(49));
+    let delivery_id = id(49);
     three_events_in_two_appends(&pool, delivery_id).await;
     tamper(&pool, "update events set hash = null where version = 3").await;
     assert_eq!(

@@ -8,15 +8,14 @@ use axum::body::Body;
 use axum::http::{Request, header};
 use command_api::{AppState, Tokens, app, store};
 use domain::{DeliveryId, verify_chain};
+use e2e::FreshDatabase;
 use http_body_util::BodyExt;
 use proptest::prelude::*;
 use proptest::sample::select;
 use proptest::string::string_regex;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgPool};
-use std::str::FromStr;
+use sqlx::PgPool;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tower::ServiceExt;
 use uuid::Uuid;
@@ -270,26 +269,8 @@ async fn check(
 #[test]
 fn every_event_of_every_accepted_command_re_hashes_to_its_stored_hash() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("stored_form_{}", Uuid::now_v7().simple());
-    let admin = PgConnectOptions::from_str(&url).expect("DATABASE_URL");
-    let pool = runtime.block_on(async {
-        let mut conn = sqlx::PgConnection::connect_with(&admin)
-            .await
-            .expect("connect");
-        sqlx::query(&format!("create database {name}"))
-            .execute(&mut conn)
-            .await
-            .expect("create database");
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .connect_with(admin.clone().database(&name))
-            .await
-            .expect("connect");
-        migrations::WRITE.run(&pool).await.expect("migrate");
-        pool
-    });
+    let database = runtime.block_on(FreshDatabase::create("stored_form", &migrations::WRITE));
+    let pool = database.pool.clone();
     let app = test_app(pool.clone());
     let accepted = AtomicUsize::new(0);
     let mut runner = TestRunner::new(Config {
@@ -300,16 +281,7 @@ fn every_event_of_every_accepted_command_re_hashes_to_its_stored_hash() {
     let result = runner.run(&case(), |case| {
         runtime.block_on(check(&app, &pool, case, &accepted))
     });
-    runtime.block_on(async {
-        pool.close().await;
-        let mut conn = sqlx::PgConnection::connect_with(&admin)
-            .await
-            .expect("connect");
-        sqlx::query(&format!("drop database {name} with (force)"))
-            .execute(&mut conn)
-            .await
-            .expect("drop database");
-    });
+    runtime.block_on(database.remove());
     if let Err(failure) = result {
         panic!("{failure}");
     }

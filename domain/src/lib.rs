@@ -11,6 +11,8 @@ mod delivery;
 mod envelope;
 mod error;
 mod event;
+#[cfg(feature = "fixtures")]
+pub mod fixtures;
 mod ids;
 
 pub use actor::{Actor, Role};

@@ -1,82 +1,36 @@
 //! The hash chain as sentences: given a stored history sealed at append time, when someone
 //! changes, removes or reorders it, then `verify_chain` names the version where it breaks.
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono::Duration;
+use domain::fixtures::{
+    as_rider, assigned, created, details, dispatcher, envelope, id, picked_up, seal, t,
+};
 use domain::{
-    Actor, Address, CancelReason, Cancelled, ChainError, Created, CustomerId, DeliveryEvent,
-    DeliveryId, EventEnvelope, OrderRef, PickedUp, RiderAssigned, RiderId, Role, SCHEMA_VERSION,
-    verify_chain,
+    Actor, Address, CancelReason, Cancelled, ChainError, Created, DeliveryEvent, DeliveryId,
+    EventEnvelope, Role, verify_chain,
 };
 use sha2::Digest;
 use uuid::Uuid;
 
-fn at(minute: u32) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 11, 23, 12, minute, 0)
-        .single()
-        .expect("a valid, unambiguous UTC time")
-}
-
-fn rider() -> RiderId {
-    RiderId::parse("rider-1").expect("a valid rider id")
-}
-
-fn dispatcher() -> Actor {
-    Actor::new(Role::Dispatcher, "desk-1")
-}
-
-fn changes() -> Vec<(DeliveryEvent, Actor)> {
-    let address = Address::new("Main St 1", 52.5, 13.4).expect("a valid address");
-    vec![
-        (
-            DeliveryEvent::Created(Created {
-                order_ref: OrderRef::parse("order-1").expect("valid"),
-                customer_id: CustomerId::parse("customer-1").expect("valid"),
-                pickup: address.clone(),
-                dropoff: address,
-            }),
-            dispatcher(),
-        ),
-        (
-            DeliveryEvent::RiderAssigned(RiderAssigned {
-                rider_id: rider(),
-                previous_rider_id: None,
-            }),
-            dispatcher(),
-        ),
-        (
-            DeliveryEvent::PickedUp(PickedUp { rider_id: rider() }),
-            Actor::new(Role::Rider, "rider-1"),
-        ),
-    ]
-}
-
-/// Versions 1..=3 of one delivery, hashed in order as the store does when appending.
+/// Versions 1..=3 of one delivery (created, assigned, picked up by the rider), hashed in order
+/// as the store does when appending. Its ids are spelled out here: the canonical form and the
+/// hash below were computed for exactly these.
 fn sealed() -> Vec<EventEnvelope> {
-    let mut previous: Option<String> = None;
-    changes()
+    let changes = [created(), assigned("rider-1"), picked_up("rider-1")];
+    let mut events: Vec<EventEnvelope> = changes
         .into_iter()
         .zip(1..)
-        .map(|((change, actor), version)| {
-            let mut envelope = EventEnvelope {
-                event_id: Uuid::from_u128(0xe0 + version as u128),
-                delivery_id: DeliveryId::from_uuid(Uuid::from_u128(0xd1)),
-                version,
-                event_type: change.event_type().to_owned(),
-                schema_version: SCHEMA_VERSION,
-                occurred_at: at(version as u32),
-                recorded_at: at(30),
-                actor,
-                correlation_id: Uuid::from_u128(0xc0),
-                causation_id: Uuid::from_u128(0xca),
-                data: change.data(),
-                hash: None,
-            };
-            let hash = envelope.chain_hash(previous.as_deref());
-            envelope.hash = Some(hash.clone());
-            previous = Some(hash);
-            envelope
+        .map(|(change, version): (DeliveryEvent, i64)| EventEnvelope {
+            event_id: Uuid::from_u128(0xe0 + u128::from(version.unsigned_abs())),
+            recorded_at: t(30),
+            correlation_id: Uuid::from_u128(0xc0),
+            causation_id: Uuid::from_u128(0xca),
+            ..envelope(id(0xd1), version, change)
         })
-        .collect()
+        .collect();
+    events[2].actor = as_rider("rider-1");
+    seal(&mut events);
+    events
 }
 
 #[test]
@@ -138,7 +92,7 @@ fn digits_below_the_microsecond_are_not_part_of_the_hash() {
 fn the_recorded_time_is_not_part_of_the_hash() {
     // The database sets it after the hash is computed.
     let mut events = sealed();
-    events[1].recorded_at = at(59);
+    events[1].recorded_at = t(59);
     assert_eq!(verify_chain(&events), Ok(()));
 }
 
@@ -335,10 +289,9 @@ fn the_same_event_after_another_previous_hash_has_another_hash() {
 fn sealed_at_negative_zero() -> EventEnvelope {
     let address = Address::new("Null Island", -0.0, -0.0).expect("a valid address");
     let change = DeliveryEvent::Created(Created {
-        order_ref: OrderRef::parse("order-1").expect("valid"),
-        customer_id: CustomerId::parse("customer-1").expect("valid"),
         pickup: address.clone(),
         dropoff: address,
+        ..details()
     });
     let mut envelope = sealed().swap_remove(0);
     envelope.data = change.data();

@@ -4,14 +4,14 @@
 //! accepted events are folded into the delivery, refused commands change nothing. Whatever
 //! the sequence, the accepted history is a possible one and follows the lifecycle.
 
-use chrono::{DateTime, Duration, TimeZone, Utc};
-use domain::{
-    Actor, Address, CancelReason, Cancelled, Command, Completed, Created, CustomerId, Delivery,
-    DeliveryEvent, DeliveryId, Event, OrderRef, PickedUp, RiderAssigned, RiderId, Role, Status,
+use chrono::{DateTime, Duration, Utc};
+use domain::fixtures::{
+    admin, as_rider, assign, assigned, at, cancel, cancelled, complete, completed, create, created,
+    customer, dispatcher, id, pick_up, picked_up, system,
 };
+use domain::{Actor, Command, Completed, Delivery, DeliveryEvent, Event, PickedUp, Role, Status};
 use proptest::prelude::*;
 use proptest::sample::select;
-use uuid::Uuid;
 
 // ---------------------------------------------------------------------------------------------
 // The pool.
@@ -38,51 +38,28 @@ enum What {
 }
 
 fn start() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2024, 5, 1, 8, 0, 0)
-        .single()
-        .expect("a valid, unambiguous UTC time")
-}
-
-fn delivery_id() -> DeliveryId {
-    DeliveryId::from_uuid(Uuid::from_u128(0x0190_f4c2_7d1e_7cc0_9d8e_5e1a_2b3c_4d5e))
-}
-
-fn rider_id(n: u8) -> RiderId {
-    RiderId::parse(format!("rider-{n}")).expect("a valid rider id")
+    at(8, 0)
 }
 
 fn actor(who: Who) -> Actor {
     match who {
-        Who::Dispatcher => Actor::new(Role::Dispatcher, "dispatcher-ann"),
-        Who::Admin => Actor::new(Role::Admin, "admin-bob"),
-        Who::System => Actor::new(Role::System, "payment-timeout-job"),
-        Who::Rider1 => Actor::new(Role::Rider, "rider-1"),
-        Who::Rider2 => Actor::new(Role::Rider, "rider-2"),
-        Who::Customer => Actor::new(Role::Customer, "customer-7"),
+        Who::Dispatcher => dispatcher(),
+        Who::Admin => admin(),
+        Who::System => system(),
+        Who::Rider1 => as_rider("rider-1"),
+        Who::Rider2 => as_rider("rider-2"),
+        Who::Customer => customer(),
     }
 }
 
 fn command(what: What) -> Command {
     match what {
-        What::Create => Command::Create {
-            delivery_id: delivery_id(),
-            order_ref: OrderRef::parse("store-12:order-3456").expect("a valid order ref"),
-            customer_id: CustomerId::parse("customer-7").expect("a valid customer id"),
-            pickup: Address::new("Pickup Street 1, Berlin", 52.52, 13.405)
-                .expect("a valid address"),
-            dropoff: Address::new("Dropoff Lane 9, Berlin", 52.53, 13.38).expect("a valid address"),
-        },
-        What::AssignRider1 => Command::AssignRider {
-            rider_id: rider_id(1),
-        },
-        What::AssignRider2 => Command::AssignRider {
-            rider_id: rider_id(2),
-        },
-        What::PickUp => Command::PickUp,
-        What::Complete => Command::Complete,
-        What::Cancel => Command::Cancel {
-            reason: CancelReason::parse("customer changed their mind").expect("a valid reason"),
-        },
+        What::Create => create(id(1)),
+        What::AssignRider1 => assign("rider-1"),
+        What::AssignRider2 => assign("rider-2"),
+        What::PickUp => pick_up(),
+        What::Complete => complete(),
+        What::Cancel => cancel(),
     }
 }
 
@@ -146,7 +123,7 @@ fn run(steps: &[(What, Who)]) -> Result<Run, TestCaseError> {
         let Ok(events) = decided else { continue };
         prop_assert_eq!(events.len(), 1, "each command records one fact");
         for event in events {
-            prop_assert_eq!(event.delivery_id, delivery_id());
+            prop_assert_eq!(event.delivery_id, id(1));
             prop_assert_eq!(event.occurred_at, at);
             prop_assert_eq!(&event.actor, &actor);
             delivery = delivery
@@ -295,7 +272,7 @@ proptest! {
             .iter()
             .zip(0..)
             .map(|(&kind, minute)| Event {
-                delivery_id: delivery_id(),
+                delivery_id: id(1),
                 occurred_at: start() + Duration::minutes(minute),
                 actor: actor(Who::Admin),
                 change: fact(kind),
@@ -311,25 +288,10 @@ proptest! {
 
 fn fact(kind: &'static str) -> DeliveryEvent {
     match kind {
-        DeliveryEvent::CREATED => DeliveryEvent::Created(Created {
-            order_ref: OrderRef::parse("store-12:order-3456").expect("a valid order ref"),
-            customer_id: CustomerId::parse("customer-7").expect("a valid customer id"),
-            pickup: Address::new("Pickup Street 1, Berlin", 52.52, 13.405)
-                .expect("a valid address"),
-            dropoff: Address::new("Dropoff Lane 9, Berlin", 52.53, 13.38).expect("a valid address"),
-        }),
-        DeliveryEvent::RIDER_ASSIGNED => DeliveryEvent::RiderAssigned(RiderAssigned {
-            rider_id: rider_id(1),
-            previous_rider_id: None,
-        }),
-        DeliveryEvent::PICKED_UP => DeliveryEvent::PickedUp(PickedUp {
-            rider_id: rider_id(1),
-        }),
-        DeliveryEvent::COMPLETED => DeliveryEvent::Completed(Completed {
-            rider_id: rider_id(1),
-        }),
-        _ => DeliveryEvent::Cancelled(Cancelled {
-            reason: CancelReason::parse("no rider found").expect("a valid reason"),
-        }),
+        DeliveryEvent::CREATED => created(),
+        DeliveryEvent::RIDER_ASSIGNED => assigned("rider-1"),
+        DeliveryEvent::PICKED_UP => picked_up("rider-1"),
+        DeliveryEvent::COMPLETED => completed("rider-1"),
+        _ => cancelled(),
     }
 }

@@ -5,15 +5,14 @@
 //! become characters. Here that round trip is imitated without a database, for any event the
 //! domain accepts; `command-api/tests/store.rs` checks the same against a real Postgres.
 
-use chrono::{TimeZone, Utc};
+use domain::fixtures::{chained, details, id};
 use domain::{
-    Actor, Address, CancelReason, Cancelled, Created, CustomerId, DeliveryEvent, DeliveryId,
-    EventEnvelope, OrderRef, Role, SCHEMA_VERSION, canonical_json, verify_chain,
+    Address, CancelReason, Cancelled, Created, DeliveryEvent, EventEnvelope, canonical_json,
+    verify_chain,
 };
 use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::Value;
-use uuid::Uuid;
 
 /// Coordinates that have broken number handling somewhere before.
 const EDGE_NUMBERS: [f64; 14] = [
@@ -61,10 +60,9 @@ fn event() -> impl Strategy<Value = DeliveryEvent> {
         )
             .prop_filter_map("a valid address", |(line, a, b, c, d)| {
                 Some(DeliveryEvent::Created(Created {
-                    order_ref: OrderRef::parse("order-1").ok()?,
-                    customer_id: CustomerId::parse("customer-1").ok()?,
                     pickup: Address::new(line.clone(), a, b).ok()?,
                     dropoff: Address::new(line, c, d).ok()?,
+                    ..details()
                 }))
             }),
         text(500).prop_filter_map("a valid reason", |reason| {
@@ -131,27 +129,9 @@ fn as_numeric_prints(json: &str) -> String {
     }
 }
 
+/// `change` as version 1 of a delivery, sealed as the store seals it when appending.
 fn sealed(change: &DeliveryEvent) -> EventEnvelope {
-    let at = Utc
-        .with_ymd_and_hms(2026, 11, 23, 12, 0, 0)
-        .single()
-        .expect("a valid time");
-    let mut envelope = EventEnvelope {
-        event_id: Uuid::from_u128(1),
-        delivery_id: DeliveryId::from_uuid(Uuid::from_u128(2)),
-        version: 1,
-        event_type: change.event_type().to_owned(),
-        schema_version: SCHEMA_VERSION,
-        occurred_at: at,
-        recorded_at: at,
-        actor: Actor::new(Role::Dispatcher, "desk-1"),
-        correlation_id: Uuid::from_u128(3),
-        causation_id: Uuid::from_u128(4),
-        data: change.data(),
-        hash: None,
-    };
-    envelope.hash = Some(envelope.chain_hash(None));
-    envelope
+    chained(id(2), vec![change.clone()]).remove(0)
 }
 
 #[test]

@@ -7,56 +7,19 @@
 mod common;
 
 use common::*;
-use domain::{DeliveryId, EventEnvelope};
+use domain::EventEnvelope;
+use e2e::{Broker, FreshDatabase, tamper};
 use projector::audit::{self, AuditConfig, Check, Report, TopicIndex};
 use projector::projection::Incoming;
 use projector::{Subscription, apply_batch};
-use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Executor, PgPool};
-use std::str::FromStr;
+use sqlx::PgPool;
 use std::time::Duration;
-use uuid::Uuid;
 
 const TOPIC: &str = "delivery.events";
 
-/// Serializes database creation and migration: the read migrations create a cluster-wide role.
-static SETUP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A fresh, migrated read database, dropped by `drop`.
-struct ReadDatabase {
-    pool: PgPool,
-    name: String,
-    admin: PgConnectOptions,
-}
-
-impl ReadDatabase {
-    async fn create() -> ReadDatabase {
-        let url = std::env::var("DATABASE_URL").expect("DATABASE_URL points at the local Postgres");
-        let admin = PgConnectOptions::from_str(&url).expect("a valid DATABASE_URL");
-        let name = format!("audit_read_{}", Uuid::now_v7().simple());
-        let _guard = SETUP.lock().await;
-        let mut conn = admin.connect().await.expect("connect as admin");
-        conn.execute(format!("create database {name}").as_str())
-            .await
-            .expect("create database");
-        let pool = PgPoolOptions::new()
-            .max_connections(4)
-            .connect_with(admin.clone().database(&name))
-            .await
-            .expect("connect to the read database");
-        migrations::READ.run(&pool).await.expect("migrate");
-        ReadDatabase { pool, name, admin }
-    }
-
-    async fn drop(self) {
-        self.pool.close().await;
-        let mut conn = self.admin.connect().await.expect("connect as admin");
-        conn.execute(format!("drop database {} with (force)", self.name).as_str())
-            .await
-            .expect("drop database");
-    }
+/// A fresh, migrated read database beside the test's event store.
+async fn read_database() -> FreshDatabase {
+    FreshDatabase::create("audit_read", &migrations::READ).await
 }
 
 /// Delivery 1 completed (4 events), delivery 2 cancelled (2 events), each chain sealed.
@@ -128,16 +91,16 @@ fn topic_of(messages: &[Incoming]) -> TopicIndex {
 }
 
 /// A consistent system: the store, the read model and the topic hold the same histories.
-async fn consistent(write: &PgPool) -> (ReadDatabase, Vec<Incoming>) {
+async fn consistent(write: &PgPool) -> (FreshDatabase, Vec<Incoming>) {
     let events = histories();
     store(write, &events).await;
-    let read = ReadDatabase::create().await;
+    let read = read_database().await;
     let messages = as_messages(&events, 0);
     project(&read.pool, &messages).await;
     (read, messages)
 }
 
-async fn audit(write: &PgPool, read: &ReadDatabase, messages: &[Incoming]) -> Report {
+async fn audit(write: &PgPool, read: &FreshDatabase, messages: &[Incoming]) -> Report {
     audit::verify_against(write, &read.pool, topic_of(messages), None)
         .await
         .expect("the audit runs")
@@ -153,19 +116,6 @@ fn found(report: &Report) -> Vec<(Check, u128, Option<i64>)> {
             (p.check, delivery, p.version)
         })
         .collect()
-}
-
-/// Changes the event store as someone with the owner's privileges could.
-async fn tamper(write: &PgPool, statement: &str) {
-    let mut tx = write.begin().await.expect("begin");
-    for sql in [
-        "alter table events disable trigger events_are_immutable",
-        statement,
-        "alter table events enable trigger events_are_immutable",
-    ] {
-        sqlx::query(sql).execute(&mut *tx).await.expect(sql);
-    }
-    tx.commit().await.expect("commit");
 }
 
 #[sqlx::test(migrator = "migrations::WRITE")]
@@ -194,7 +144,7 @@ async fn a_consistent_system_passes(write: PgPool) {
         ),
         "{report}"
     );
-    read.drop().await;
+    read.remove().await;
 }
 
 #[sqlx::test(migrator = "migrations::WRITE")]
@@ -233,7 +183,7 @@ async fn a_tampered_event_store_row_breaks_the_chain_and_disagrees_with_the_copi
         printed.ends_with("4 problems (chain 1, topic 1, history 1, state 1)\n"),
         "{printed}"
     );
-    read.drop().await;
+    read.remove().await;
 }
 
 #[sqlx::test(migrator = "migrations::WRITE")]
@@ -257,7 +207,7 @@ async fn a_removed_event_store_row_is_a_missing_version(write: PgPool) {
             (Check::State, 1, None),
         ]
     );
-    read.drop().await;
+    read.remove().await;
 }
 
 #[sqlx::test(migrator = "migrations::WRITE")]
@@ -280,7 +230,7 @@ async fn a_removed_last_event_leaves_an_intact_chain_but_the_copies_show_it(writ
             (Check::State, 2, Some(1)),
         ]
     );
-    read.drop().await;
+    read.remove().await;
 }
 
 #[sqlx::test(migrator = "migrations::WRITE")]
@@ -289,12 +239,7 @@ async fn a_chain_rewritten_from_the_change_onward_is_caught_by_the_copies_hashes
     // The forger changes version 1 of delivery 2 and recomputes every later hash.
     let mut forged = chained(id(2), vec![created(), cancelled()]);
     forged[0].actor.id = "desk-9".into();
-    let mut previous: Option<String> = None;
-    for event in &mut forged {
-        let hash = event.chain_hash(previous.as_deref());
-        event.hash = Some(hash.clone());
-        previous = Some(hash);
-    }
+    seal(&mut forged);
     tamper(
         &write,
         "delete from events where delivery_id = '00000000-0000-0000-0000-000000000002'",
@@ -319,7 +264,7 @@ async fn a_chain_rewritten_from_the_change_onward_is_caught_by_the_copies_hashes
             .contains("differs: hash (store: \""),
         "{report}"
     );
-    read.drop().await;
+    read.remove().await;
 }
 
 #[sqlx::test(migrator = "migrations::WRITE")]
@@ -339,7 +284,7 @@ async fn a_missing_history_row_is_reported(write: PgPool) {
         report.problems[0].detail == "not in delivery_history",
         "{report}"
     );
-    read.drop().await;
+    read.remove().await;
 }
 
 #[sqlx::test(migrator = "migrations::WRITE")]
@@ -360,7 +305,7 @@ async fn a_changed_history_row_is_reported_with_what_differs(write: PgPool) {
         "delivery_history differs: actor_id (store: \"desk-1\", read model: \"desk-9\"), \
          occurred_at (store: \"2026-11-23T12:01:00Z\", read model: \"2026-11-23T12:01:01Z\")"
     );
-    read.drop().await;
+    read.remove().await;
 }
 
 #[sqlx::test(migrator = "migrations::WRITE")]
@@ -392,7 +337,7 @@ async fn a_projected_state_that_disagrees_with_the_events_is_reported(write: PgP
          status (events: \"completed\", read model: \"picked_up\")"
     );
     assert_eq!(report.problems[1].detail, "not in deliveries");
-    read.drop().await;
+    read.remove().await;
 }
 
 #[sqlx::test(migrator = "migrations::WRITE")]
@@ -428,7 +373,7 @@ async fn missing_changed_and_conflicting_topic_messages_are_reported(write: PgPo
         "{report}"
     );
     assert_eq!(report.problems[2].detail, "not on the topic");
-    read.drop().await;
+    read.remove().await;
 }
 
 #[sqlx::test(migrator = "migrations::WRITE")]
@@ -458,32 +403,19 @@ async fn one_delivery_can_be_audited_alone(write: PgPool) {
 
     let report = audit(&write, &read, &messages).await;
     assert_eq!(report.count(Check::History), 4, "{report}");
-    read.drop().await;
+    read.remove().await;
 }
 
 // ---------------------------------------------------------------------------------------------
 // The real broker
 // ---------------------------------------------------------------------------------------------
 
-#[path = "../../tests/src/broker.rs"]
-mod broker;
-use broker::Broker;
-
 /// The broker with the event topic (2 partitions), as the audit reads it.
 trait AuditBroker {
-    fn producer(&self) -> FutureProducer;
     fn audit_config(&self) -> AuditConfig;
 }
 
 impl AuditBroker for Broker {
-    fn producer(&self) -> FutureProducer {
-        ClientConfig::new()
-            .set("bootstrap.servers", &self.address)
-            .set("acks", "all")
-            .create()
-            .expect("producer")
-    }
-
     fn audit_config(&self) -> AuditConfig {
         AuditConfig {
             brokers: self.address.clone(),
@@ -494,34 +426,18 @@ impl AuditBroker for Broker {
     }
 }
 
-/// Publishes envelopes as the relay does: JSON payload, keyed by delivery id.
-async fn publish(producer: &FutureProducer, events: &[EventEnvelope]) {
-    for event in events {
-        let key = event.delivery_id.to_string();
-        let payload = event.to_json();
-        producer
-            .send(
-                FutureRecord::to(TOPIC).key(&key).payload(&payload),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(error, _)| error)
-            .expect("published");
-    }
-}
-
 #[sqlx::test(migrator = "migrations::WRITE")]
 async fn the_topic_is_read_from_a_real_broker_and_its_damage_reported(write: PgPool) {
     let broker = Broker::start_with(TOPIC, 2).await;
-    let producer = broker.producer();
-    let read = ReadDatabase::create().await;
+    let publisher = broker.publisher(TOPIC);
+    let read = read_database().await;
 
     // Delivery 1 everywhere, its first event published twice (a relay retry).
     let first: Vec<EventEnvelope> = histories().into_iter().take(4).collect();
     store(&write, &first).await;
     project(&read.pool, &as_messages(&first, 0)).await;
-    publish(&producer, &first).await;
-    publish(&producer, &first[..1]).await;
+    publisher.publish(&first).await;
+    publisher.publish(&first[..1]).await;
 
     let report = audit::verify(&write, &read.pool, &broker.audit_config())
         .await
@@ -538,7 +454,7 @@ async fn the_topic_is_read_from_a_real_broker_and_its_damage_reported(write: PgP
     changed.data["order_ref"] = "order-2".into();
     let mut conflicting = first[2].clone();
     conflicting.actor.id = "desk-9".into();
-    publish(&producer, &[changed, conflicting]).await;
+    publisher.publish(&[changed, conflicting]).await;
 
     let report = audit::verify(&write, &read.pool, &broker.audit_config())
         .await
@@ -562,12 +478,12 @@ async fn the_topic_is_read_from_a_real_broker_and_its_damage_reported(write: PgP
 
     // One delivery alone: the topic is still read whole, only delivery 1 is compared.
     let config = AuditConfig {
-        delivery: Some(DeliveryId::from_uuid(Uuid::from_u128(1))),
+        delivery: Some(id(1)),
         ..broker.audit_config()
     };
     let report = audit::verify(&write, &read.pool, &config)
         .await
         .expect("the audit runs");
     assert_eq!(found(&report), [(Check::Topic, 1, Some(3))], "{report}");
-    read.drop().await;
+    read.remove().await;
 }

@@ -4,17 +4,13 @@
 
 mod common;
 
-#[path = "../../tests/src/broker.rs"]
-mod broker;
-
-use broker::Broker;
 use common::*;
 use domain::EventEnvelope;
+use e2e::{Broker, Publisher, eventually};
 use projector::offsets::Ahead;
 use projector::{Progress, ProjectorConfig, ProjectorError};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{ConnectOptions, PgPool};
 use std::sync::Arc;
@@ -29,18 +25,14 @@ const WAIT: Duration = Duration::from_secs(60);
 
 struct Setup {
     broker: Broker,
-    producer: FutureProducer,
+    publisher: Publisher,
     pool: PgPool,
 }
 
 impl Setup {
     async fn new(pool: PgPool, partitions: u32) -> Setup {
         let broker = Broker::start_with(TOPIC, partitions).await;
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", &broker.address)
-            .set("acks", "all")
-            .create()
-            .expect("producer");
+        let publisher = broker.publisher(TOPIC);
         let pool = PgPoolOptions::new()
             .max_connections(6)
             .connect_with((*pool.connect_options()).clone())
@@ -48,27 +40,17 @@ impl Setup {
             .expect("pool");
         Setup {
             broker,
-            producer,
+            publisher,
             pool,
         }
     }
 
     async fn send(&self, key: &[u8], payload: &[u8]) {
-        self.producer
-            .send(
-                FutureRecord::to(TOPIC).key(key).payload(payload),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(error, _)| error)
-            .expect("published");
+        self.publisher.send(key, payload).await;
     }
 
     async fn publish(&self, events: &[EventEnvelope]) {
-        for event in events {
-            self.send(event.delivery_id.to_string().as_bytes(), &event.to_json())
-                .await;
-        }
+        self.publisher.publish(events).await;
     }
 
     fn projector(&self) -> Running {

@@ -4,19 +4,15 @@
 
 mod common;
 
-#[path = "../../tests/src/broker.rs"]
-mod broker;
-
-use broker::Broker;
 use common::*;
 use domain::{DeliveryEvent, EventEnvelope};
+use e2e::{Broker, Publisher, eventually};
 use projector::catalog::{self, Projection};
 use projector::rebuild::{RebuildConfig, RebuildError, RebuildReport, rebuild};
 use projector::{Progress, ProjectorConfig};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -75,18 +71,14 @@ fn expected_counts(n: u128) -> (Value, Value) {
 
 struct Setup {
     broker: Broker,
-    producer: FutureProducer,
+    publisher: Publisher,
     pool: PgPool,
 }
 
 impl Setup {
     async fn new(pool: PgPool) -> Setup {
         let broker = Broker::start_with(TOPIC, 3).await;
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", &broker.address)
-            .set("acks", "all")
-            .create()
-            .expect("producer");
+        let publisher = broker.publisher(TOPIC);
         // Pools of their own: the live projector and the rebuild each hold connections.
         let pool = PgPoolOptions::new()
             .max_connections(8)
@@ -95,28 +87,17 @@ impl Setup {
             .expect("pool");
         Setup {
             broker,
-            producer,
+            publisher,
             pool,
         }
     }
 
-    /// Publishes as the relay does: JSON payload, keyed by delivery id.
     async fn publish(&self, events: &[EventEnvelope]) {
-        for event in events {
-            self.send(&event.delivery_id.to_string(), &event.to_json())
-                .await;
-        }
+        self.publisher.publish(events).await;
     }
 
     async fn send(&self, key: &str, payload: &[u8]) {
-        self.producer
-            .send(
-                FutureRecord::to(TOPIC).key(key).payload(payload),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(error, _)| error)
-            .expect("published");
+        self.publisher.send(key, payload).await;
     }
 
     fn live_projector(&self) -> LiveProjector {

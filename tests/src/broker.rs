@@ -1,8 +1,11 @@
 //! A Kafka-protocol broker for tests: nisshi on a free port with in-memory storage, killed
 //! when dropped. Our code only speaks the Kafka protocol; nisshi is the broker these machines
-//! can run. This file depends on tokio alone, so crates the `e2e` crate depends on (the
-//! projector) can include it with `#[path]` instead of copying it.
+//! can run.
 
+use domain::EventEnvelope;
+use rdkafka::ClientConfig;
+use rdkafka::message::ToBytes;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::time::Duration;
 use tokio::process::{Child, Command as Process};
 
@@ -21,6 +24,11 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// A broker with the event topic ([`crate::TOPIC`]).
+    pub async fn start(partitions: u32) -> Broker {
+        Broker::start_with(crate::TOPIC, partitions).await
+    }
+
     /// Starts a broker with `topic` created with `partitions` partitions.
     pub async fn start_with(topic: &str, partitions: u32) -> Broker {
         Broker::start_on(topic, partitions, &format!("127.0.0.1:{}", free_port())).await
@@ -67,11 +75,24 @@ impl Broker {
         Broker { address, process }
     }
 
+    /// A producer to this broker that waits for every replica to take a message.
+    pub fn producer(&self) -> FutureProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.address)
+            .set("acks", "all")
+            .create()
+            .expect("a producer")
+    }
+
+    /// A publisher to `topic` on this broker.
+    pub fn publisher(&self, topic: &str) -> Publisher {
+        Publisher {
+            producer: self.producer(),
+            topic: topic.to_owned(),
+        }
+    }
+
     /// Kills the broker (SIGKILL, as in a crash) and waits until its port is closed.
-    #[allow(
-        dead_code,
-        reason = "the projector's tests include this file and kill no broker"
-    )]
     pub async fn kill(mut self) {
         let _ = self.process.kill().await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -81,6 +102,34 @@ impl Broker {
                 "the killed broker still listens"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A producer to one topic, publishing the way the relay does.
+pub struct Publisher {
+    producer: FutureProducer,
+    topic: String,
+}
+
+impl Publisher {
+    /// Sends one message and waits until the broker has it.
+    pub async fn send<K: ToBytes + ?Sized>(&self, key: &K, payload: &[u8]) {
+        self.producer
+            .send(
+                FutureRecord::to(&self.topic).key(key).payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(error, _)| error)
+            .expect("published");
+    }
+
+    /// Publishes `events` as the relay does: each envelope as JSON, keyed by its delivery id.
+    pub async fn publish(&self, events: &[EventEnvelope]) {
+        for event in events {
+            self.send(&event.delivery_id.to_string(), &event.to_json())
+                .await;
         }
     }
 }

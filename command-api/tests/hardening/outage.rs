@@ -5,6 +5,7 @@ use crate::support::*;
 use axum::http::StatusCode;
 use command_api::Limits;
 use command_api::serve::pool_options;
+use e2e::eventually;
 use serde_json::json;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -183,19 +184,19 @@ async fn the_api_starts_and_answers_while_its_database_is_down() {
     let server = tokio::spawn(async move { command_api::serve::run(&url, cli.serve).await });
 
     let health = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_string();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while http_status(&address, health.clone()).await != Some(200) {
-        assert!(
-            !server.is_finished(),
-            "serve exited while the database was down: {:?}",
-            server.await
-        );
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the API never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let answered = eventually(Duration::from_secs(20), "the API to answer", || async {
+        if http_status(&address, health.clone()).await == Some(200) {
+            return Some(true);
+        }
+        // Serve gave up: stop waiting, and show why below.
+        server.is_finished().then_some(false)
+    })
+    .await;
+    assert!(
+        answered,
+        "serve exited while the database was down: {:?}",
+        server.await
+    );
     let body = create_body(None).to_string();
     let create = format!(
         "POST /deliveries HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\

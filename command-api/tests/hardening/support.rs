@@ -5,6 +5,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use command_api::{AppState, Limits, Tokens, app_with_limits};
+use e2e::eventually;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -132,11 +133,11 @@ pub fn assert_unavailable(reply: &Reply, code: &str) {
     assert_eq!(reply.retry_after.as_deref(), Some("1"));
 }
 
-/// Polls until `n` sessions of this test's database wait for a lock (the commands the test
+/// Waits until `n` sessions of this test's database wait for a lock (the commands the test
 /// is holding up), or fails after a generous deadline.
 pub async fn wait_for_lock_waiters(observer: &PgPool, n: i64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    let what = format!("{n} sessions to wait for the lock");
+    eventually(Duration::from_secs(30), &what, || async {
         let waiting: i64 = sqlx::query_scalar(
             "select count(*) from pg_stat_activity \
              where datname = current_database() and wait_event_type = 'Lock'",
@@ -144,15 +145,9 @@ pub async fn wait_for_lock_waiters(observer: &PgPool, n: i64) {
         .fetch_one(observer)
         .await
         .expect("pg_stat_activity");
-        if waiting >= n {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{waiting} of {n} sessions wait for the lock"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (waiting >= n).then_some(())
+    })
+    .await;
 }
 
 /// One request sent from a task of its own, so the test can act while it is in flight.

@@ -2,9 +2,10 @@
 //! shed, and slow reads end at the statement or request timeout. Every refusal is a 503 problem
 //! with `Retry-After`, given at once.
 
-use crate::faults::{Bounded, assert_unavailable, bounded_app, eventually};
+use crate::faults::{Bounded, assert_unavailable, bounded_app};
 use crate::support::{D1, D2, D3, get, project, seed};
 use axum::http::StatusCode;
+use e2e::eventually;
 use query_api::{HttpBounds, PoolBounds};
 use sqlx::{PgPool, Postgres, Transaction};
 use std::time::Duration;

@@ -1,13 +1,13 @@
-//! Helpers for the tests of bounds and outages: the app built as the binary builds it, a
-//! polling helper, and a TCP proxy that plays a database restart.
+//! Helpers for the tests of bounds and outages: the app built as the binary builds it, and a
+//! TCP proxy that plays a database restart.
 
 use crate::support::{Reply, TOKEN};
 use axum::Router;
 use axum::http::StatusCode;
+use e2e::{eventually, free_port};
 use query_api::{AppState, HttpBounds, PoolBounds, ProjectionWatch, Tokens, app_with_bounds};
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -63,26 +63,6 @@ pub async fn bounded_app(options: PgConnectOptions, bounded: Bounded) -> (Router
     (app_with_bounds(state, bounded.http), projection)
 }
 
-/// Polls `check` until it gives a value, failing the test after `timeout`. A deadline, not a
-/// timing assertion: it only has to be generous.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Checks a 503 problem: its code, and a `Retry-After` for clients to honour.
 pub fn assert_unavailable(reply: &Reply, code: &str, context: &str) {
     assert_eq!(
@@ -114,9 +94,7 @@ impl Proxy {
             .expect("the test database's address resolves")
             .next()
             .expect("an address");
-        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
-        let address = free.local_addr().expect("its address");
-        drop(free);
+        let address = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let proxy = Self {
             address,
             upstream,

@@ -1,10 +1,11 @@
 //! The query API rides out its database going away: reads answer 503 with `Retry-After` while
 //! it is gone, the freshness watcher reconnects on its own, and nothing needs a restart.
 
-use crate::faults::{Bounded, Proxy, assert_unavailable, bounded_app, eventually};
+use crate::faults::{Bounded, Proxy, assert_unavailable, bounded_app};
 use crate::freshness::{PICK_UP_D2, PICK_UP_D2_HISTORY};
 use crate::support::{D1, D2, TOKEN, get, project, seed};
 use axum::http::StatusCode;
+use e2e::eventually;
 use query_api::{AppState, PoolBounds, ProjectionWatch, Tokens, app};
 use sqlx::PgPool;
 use std::time::Duration;

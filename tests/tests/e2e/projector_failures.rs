@@ -4,8 +4,7 @@
 use e2e::{Fate, PROJECTOR_GROUP, TOPIC, TestStack};
 use projector::Subscription;
 use projector::dlq::{self, Action, Skip, StuckKind};
-use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -96,10 +95,7 @@ async fn a_message_nothing_can_store_stalls_nobody_and_a_skip_clears_it() {
     let stack = TestStack::start(2).await;
     traffic(&stack, 1, 10).await;
     // On every partition, a message whose key and payload Postgres text cannot hold.
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &stack.broker.address)
-        .create()
-        .expect("producer");
+    let producer = stack.broker.producer();
     for partition in 0..2 {
         let record = FutureRecord::to(TOPIC)
             .partition(partition)

@@ -1,13 +1,10 @@
 //! The outbox relay against real Postgres (a fresh write database per test) and a real
 //! Kafka-protocol broker.
 
-use chrono::{TimeZone, Utc};
 use command_api::relay::{self, ProducerSettings, RelayConfig};
 use command_api::store::{self, Causation};
-use domain::{
-    Actor, Address, Command, CustomerId, Delivery, DeliveryId, EventEnvelope, OrderRef, RiderId,
-    Role,
-};
+use domain::fixtures::{id, lifecycle, t};
+use domain::{Delivery, DeliveryId, EventEnvelope};
 use e2e::{Broker, TOPIC};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -28,45 +25,13 @@ pub(crate) async fn record_lifecycles_of(
     pool: &PgPool,
     numbers: impl IntoIterator<Item = u128>,
 ) -> Vec<DeliveryId> {
-    let dispatcher = Actor::new(Role::Dispatcher, "desk-1");
-    let rider = Actor::new(Role::Rider, "rider-1");
-    let at = Utc
-        .with_ymd_and_hms(2026, 11, 23, 12, 0, 0)
-        .single()
-        .expect("time");
-    let ids: Vec<_> = numbers
-        .into_iter()
-        .map(|n| DeliveryId::from_uuid(Uuid::from_u128(n)))
-        .collect();
-    let address = Address::new("Main St 1", 52.5, 13.4).expect("address");
-    let steps = |id: DeliveryId| {
-        vec![
-            (
-                Command::Create {
-                    delivery_id: id,
-                    order_ref: OrderRef::parse("order-1").expect("valid"),
-                    customer_id: CustomerId::parse("customer-1").expect("valid"),
-                    pickup: address.clone(),
-                    dropoff: address.clone(),
-                },
-                &dispatcher,
-            ),
-            (
-                Command::AssignRider {
-                    rider_id: RiderId::parse("rider-1").expect("valid"),
-                },
-                &dispatcher,
-            ),
-            (Command::PickUp, &rider),
-            (Command::Complete, &rider),
-        ]
-    };
+    let ids: Vec<_> = numbers.into_iter().map(id).collect();
     let mut states: HashMap<DeliveryId, Delivery> = HashMap::new();
     for step in 0..4 {
         for id in &ids {
-            let (command, actor) = steps(*id).swap_remove(step);
+            let (command, actor) = lifecycle(*id)[step].clone();
             let delivery = states.remove(id).unwrap_or_default();
-            let events = delivery.decide(command, actor, at).expect("allowed");
+            let events = delivery.decide(command, &actor, t(0)).expect("allowed");
             let mut tx = pool.begin().await.expect("begin");
             let causation = Causation {
                 correlation_id: Uuid::from_u128(1),

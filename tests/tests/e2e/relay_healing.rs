@@ -7,10 +7,8 @@ use crate::relay::{consumer, record_lifecycles, record_lifecycles_of, relay_conf
 use chrono::Utc;
 use command_api::relay::{self, ProducerSettings, RelayError};
 use command_api::store::{self, Causation, Head};
-use domain::{
-    Actor, Address, Command, CustomerId, Delivery, DeliveryId, EventEnvelope, OrderRef, RiderId,
-    Role,
-};
+use domain::fixtures::lifecycle;
+use domain::{Delivery, DeliveryId, EventEnvelope};
 use e2e::{Broker, TOPIC, eventually};
 use rdkafka::message::Message;
 use sqlx::postgres::PgPoolOptions;
@@ -122,33 +120,6 @@ async fn assert_published_in_order(broker: &Broker, ids: &[DeliveryId], last: i6
     }
 }
 
-/// The `step`th command of a lifecycle, with its actor.
-fn lifecycle_step(id: DeliveryId, step: i64) -> (Command, Actor) {
-    let dispatcher = Actor::new(Role::Dispatcher, "desk-1");
-    let rider = Actor::new(Role::Rider, "rider-1");
-    let address = Address::new("Main St 1", 52.5, 13.4).expect("address");
-    match step {
-        0 => (
-            Command::Create {
-                delivery_id: id,
-                order_ref: OrderRef::parse("order-1").expect("valid"),
-                customer_id: CustomerId::parse("customer-1").expect("valid"),
-                pickup: address.clone(),
-                dropoff: address,
-            },
-            dispatcher,
-        ),
-        1 => (
-            Command::AssignRider {
-                rider_id: RiderId::parse("rider-1").expect("valid"),
-            },
-            dispatcher,
-        ),
-        2 => (Command::PickUp, rider),
-        _ => (Command::Complete, rider),
-    }
-}
-
 /// Tries to store the `step`th event of `id`'s lifecycle; true once it is stored (now or by
 /// an earlier attempt whose answer was lost with the connection).
 async fn try_step(pool: &PgPool, id: DeliveryId, step: i64) -> bool {
@@ -166,7 +137,8 @@ async fn try_step(pool: &PgPool, id: DeliveryId, step: i64) -> bool {
     if delivery.version > step {
         return true;
     }
-    let (command, actor) = lifecycle_step(id, step);
+    let step = usize::try_from(step).expect("a step of the lifecycle");
+    let (command, actor) = lifecycle(id)[step].clone();
     let events = delivery
         .decide(command, &actor, Utc::now())
         .expect("allowed");
