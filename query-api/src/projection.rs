@@ -1,9 +1,10 @@
 //! Read-your-writes: a client that was told "version 5" by the command API can ask for at least
 //! version 5 here, and the read waits for the projector instead of answering with older data.
 //!
-//! The projector runs `pg_notify('projection', 'id:version,id:version,...')` in the transaction
-//! of every batch it commits, naming the deliveries it moved and their new versions (an empty
-//! payload means "something moved"). One task LISTENs, remembers the latest version heard for
+//! The projector notifies `platform::read_model::CHANNEL` in the transaction of every batch it
+//! commits, naming the deliveries it moved and their new versions (the payload format and its
+//! parser are `platform::read_model`'s; an empty payload means "something moved"). One task
+//! LISTENs, remembers the latest version heard for
 //! each delivery and bumps a counter. A waiting request re-reads the database only when its own
 //! delivery reached the version it waits for, when an empty payload or a reconnect says
 //! anything may have moved, and every 500 ms anyway. So a thousand waiting requests cost one
@@ -22,8 +23,6 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use uuid::Uuid;
-
-pub use crate::listener::CHANNEL;
 
 /// The fallback re-check interval while waiting.
 const RECHECK: Duration = Duration::from_millis(500);
@@ -57,7 +56,7 @@ pub enum Waited<T> {
 }
 
 impl ProjectionWatch {
-    /// LISTENs on [`CHANNEL`] with one of `pool`'s connections (held for the watch's lifetime,
+    /// LISTENs on the projector's channel with one of `pool`'s connections (held for the watch's lifetime,
     /// replaced when it is lost) and spawns the task that wakes waiters. Fails only if the
     /// first LISTEN fails: a process that cannot reach its database at start-up says so.
     /// Must be called inside a Tokio runtime.

@@ -54,7 +54,8 @@ pub async fn project(pool: &PgPool, statement: &str, payload: &str) {
         .execute(&mut *tx)
         .await
         .expect("projection write");
-    sqlx::query("select pg_notify('projection', $1)")
+    sqlx::query("select pg_notify($1, $2)")
+        .bind(platform::read_model::CHANNEL)
         .bind(payload)
         .execute(&mut *tx)
         .await
