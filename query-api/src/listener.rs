@@ -1,4 +1,4 @@
-//! The task behind `ProjectionWatch`: LISTENs for the projector's commits and keeps listening
+//! The task behind `FreshnessWatch`: LISTENs for the projector's commits and keeps listening
 //! across database restarts.
 //!
 //! A restart (or `pg_terminate_backend`) ends the LISTEN connection, and notifications sent
@@ -116,7 +116,7 @@ impl Backoff {
     }
 }
 
-/// Relays notifications to the waiters until every `ProjectionWatch` is dropped or the pool
+/// Relays notifications to the waiters until every `FreshnessWatch` is dropped or the pool
 /// is closed, reconnecting whenever the connection is lost.
 pub(crate) async fn keep_listening(
     pool: PgPool,
