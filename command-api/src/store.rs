@@ -3,9 +3,10 @@
 //! the delivery's hash chain (`EventEnvelope::chain_hash`), stored and published with it.
 
 use chrono::{DateTime, SubsecRound, Utc};
-use domain::{DeliveryId, Event, EventEnvelope, EventMetadata, SCHEMA_VERSION};
+use domain::{DeliveryId, Event, EventEnvelope, SCHEMA_VERSION};
+use platform::stored::{STORED_EVENT_COLUMNS, StoredEvent};
 use serde_json::json;
-use sqlx::{PgConnection, Row};
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -61,32 +62,14 @@ pub async fn load(
     conn: &mut PgConnection,
     delivery_id: DeliveryId,
 ) -> Result<Vec<EventEnvelope>, StoreError> {
-    let rows = sqlx::query(
-        "select event_id, version, event_type, schema_version, payload, metadata, occurred_at, \
-         recorded_at, hash from events where delivery_id = $1 order by version",
-    )
+    let rows: Vec<StoredEvent> = sqlx::query_as(&format!(
+        "select {STORED_EVENT_COLUMNS} from events where delivery_id = $1 order by version"
+    ))
     .bind(delivery_id.as_uuid())
     .fetch_all(conn)
     .await?;
     rows.into_iter()
-        .map(|row| {
-            let metadata: EventMetadata = serde_json::from_value(row.try_get("metadata")?)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            Ok(EventEnvelope {
-                event_id: row.try_get("event_id")?,
-                delivery_id,
-                version: row.try_get("version")?,
-                event_type: row.try_get("event_type")?,
-                schema_version: row.try_get("schema_version")?,
-                occurred_at: row.try_get("occurred_at")?,
-                recorded_at: row.try_get("recorded_at")?,
-                actor: metadata.actor,
-                correlation_id: metadata.correlation_id,
-                causation_id: metadata.causation_id,
-                data: row.try_get("payload")?,
-                hash: row.try_get("hash")?,
-            })
-        })
+        .map(|row| EventEnvelope::try_from(row).map_err(|e| StoreError::Corrupt(e.to_string())))
         .collect()
 }
 

@@ -1,5 +1,6 @@
 //! The one place that knows the schema of both databases and applies it.
 
+use platform::read_model::READER_ROLE;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::{ConnectOptions, Connection, Executor};
@@ -39,11 +40,12 @@ pub async fn create_database_if_missing(url: &str) -> Result<(), sqlx::Error> {
     admin.close().await
 }
 
-/// Creates a login role for the query API that can only read the read database.
+/// Creates a login role for the query API that can only read the read database: a member of
+/// the reader role the read migrations create.
 pub async fn ensure_reader_login(pool: &PgPool, login: &str) -> Result<(), sqlx::Error> {
     let quoted = login.replace('"', "\"\"");
     let statement = format!(
-        "do $$ begin create role \"{quoted}\" login in role delivery_reader; \
+        "do $$ begin create role \"{quoted}\" login in role {READER_ROLE}; \
          exception when duplicate_object then null; end $$"
     );
     pool.execute(statement.as_str()).await?;

@@ -19,9 +19,10 @@
 //! streams ordered by delivery id and merged.
 
 use crate::projection::{DeliveryRow, HistoryRow};
-use domain::{Delivery, DeliveryId, EventEnvelope, EventMetadata, verify_chain};
+use domain::{Delivery, DeliveryId, EventEnvelope, verify_chain};
 use futures::StreamExt;
 use futures::stream::{BoxStream, Peekable};
+use platform::stored::{STORED_EVENT_COLUMNS, StoredEvent};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
@@ -29,8 +30,8 @@ use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Serialize;
 use serde_json::Value;
+use sqlx::PgPool;
 use sqlx::types::Json;
-use sqlx::{PgPool, Row};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::pin::Pin;
@@ -555,51 +556,11 @@ fn differences<T: Serialize>(a: &T, b: &T, labels: (&str, &str)) -> String {
 // The databases, one delivery at a time
 // ---------------------------------------------------------------------------------------------
 
-const STORED: &str = "select delivery_id, event_id, version, event_type, schema_version, payload, \
-     metadata, occurred_at, recorded_at, hash from events \
-     where $1::uuid is null or delivery_id = $1 order by delivery_id, version";
-
 const HISTORY: &str = "select to_jsonb(h) from delivery_history h \
      where $1::uuid is null or delivery_id = $1 order by delivery_id, version";
 
 const PROJECTED: &str = "select to_jsonb(d) from deliveries d \
      where $1::uuid is null or delivery_id = $1 order by delivery_id";
-
-/// A stored row, read as an envelope if it can be.
-struct StoredRow {
-    delivery_id: Uuid,
-    version: i64,
-    envelope: Result<EventEnvelope, String>,
-}
-
-fn stored_row(row: sqlx::postgres::PgRow) -> Result<StoredRow, sqlx::Error> {
-    let delivery_id: Uuid = row.try_get("delivery_id")?;
-    let version: i64 = row.try_get("version")?;
-    let metadata: Result<EventMetadata, String> =
-        serde_json::from_value(row.try_get("metadata")?).map_err(|e| e.to_string());
-    let envelope = match metadata {
-        Ok(metadata) => Ok(EventEnvelope {
-            event_id: row.try_get("event_id")?,
-            delivery_id: DeliveryId::from_uuid(delivery_id),
-            version,
-            event_type: row.try_get("event_type")?,
-            schema_version: row.try_get("schema_version")?,
-            occurred_at: row.try_get("occurred_at")?,
-            recorded_at: row.try_get("recorded_at")?,
-            actor: metadata.actor,
-            correlation_id: metadata.correlation_id,
-            causation_id: metadata.causation_id,
-            data: row.try_get("payload")?,
-            hash: row.try_get("hash")?,
-        }),
-        Err(error) => Err(format!("stored metadata cannot be read: {error}")),
-    };
-    Ok(StoredRow {
-        delivery_id,
-        version,
-        envelope,
-    })
-}
 
 /// Rows ordered by delivery id, taken one delivery at a time.
 struct Grouped<'a, T> {
@@ -651,13 +612,17 @@ pub async fn verify_against(
     only: Option<DeliveryId>,
 ) -> Result<Report, AuditError> {
     let only = only.map(|id| id.as_uuid());
+    let stored_events = format!(
+        "select {STORED_EVENT_COLUMNS} from events \
+         where $1::uuid is null or delivery_id = $1 order by delivery_id, version"
+    );
     let mut stored = Grouped::new(
-        sqlx::query(STORED)
+        sqlx::query_as::<_, StoredEvent>(&stored_events)
             .bind(only)
             .fetch(write)
-            .map(|row| row.and_then(stored_row).map_err(AuditError::EventStore))
+            .map(|row| row.map_err(AuditError::EventStore))
             .boxed(),
-        |row: &StoredRow| row.delivery_id,
+        |row: &StoredEvent| row.delivery_id,
     );
     let mut history = Grouped::new(
         sqlx::query_scalar::<_, Json<HistoryRow>>(HISTORY)
@@ -695,13 +660,14 @@ pub async fn verify_against(
         let delivery_id = DeliveryId::from_uuid(id);
         let mut events = Vec::new();
         for row in stored.take(id).await? {
-            match row.envelope {
+            let version = row.version;
+            match EventEnvelope::try_from(row) {
                 Ok(envelope) => events.push(envelope),
-                Err(detail) => report.problems.push(Problem {
+                Err(unreadable) => report.problems.push(Problem {
                     check: Check::Chain,
                     delivery_id: Some(delivery_id),
-                    version: Some(row.version),
-                    detail,
+                    version: Some(version),
+                    detail: unreadable.to_string(),
                 }),
             }
         }

@@ -21,6 +21,7 @@ use crate::store::{self, Applied, Subscription, Target};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use platform::read_model::READER_ROLE;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{Consumer, DefaultConsumerContext, MessageStream, StreamConsumer};
@@ -832,9 +833,6 @@ impl Switch<'_> {
         Ok(kept)
     }
 }
-
-/// The role the query API's logins read through (see the read migrations).
-const READER_ROLE: &str = "delivery_reader";
 
 fn lock_timed_out<T>(result: &Result<T, sqlx::Error>) -> bool {
     matches!(result, Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03"))

@@ -8,6 +8,7 @@ use crate::projection::{
     self, Current, Decoded, DeliveryRow, HistoryRow, Incoming, ParkedEvent, Plan, PoisonMessage,
 };
 use domain::DeliveryId;
+use platform::read_model::{self as contract, DELIVERY_COLUMNS, HISTORY_COLUMNS};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 use std::collections::{BTreeMap, HashSet};
@@ -158,7 +159,8 @@ pub async fn apply_batch_to(
     if *target == Target::Live {
         // Wakes read-your-writes waiters in the query API once this commits, telling them
         // which deliveries reached which version.
-        sqlx::query("select pg_notify('projection', payload) from unnest($1::text[]) as payload")
+        sqlx::query("select pg_notify($1, payload) from unnest($2::text[]) as payload")
+            .bind(contract::CHANNEL)
             .bind(notifications(&plan))
             .execute(&mut *tx)
             .await?;
@@ -173,27 +175,12 @@ pub async fn apply_batch_to(
     })
 }
 
-/// NOTIFY payloads naming each changed delivery and its version (`id:version,id:version`),
-/// split to stay under Postgres's 8000-byte payload limit. A batch that changed no delivery
-/// (only duplicates, parked or poison) sends one empty payload: "something moved".
+/// The NOTIFY payloads announcing the deliveries `plan` changed and their versions (see
+/// `platform::read_model::notification_payloads`).
 pub fn notifications(plan: &Plan) -> Vec<String> {
-    const LIMIT: usize = 7800;
-    let mut payloads = vec![String::new()];
-    for row in &plan.deliveries {
-        let entry = format!("{}:{}", row.state.delivery_id, row.version);
-        let current = payloads
-            .last_mut()
-            .filter(|p| p.len() + entry.len() < LIMIT);
-        match current {
-            Some(payload) if payload.is_empty() => payload.push_str(&entry),
-            Some(payload) => {
-                payload.push(',');
-                payload.push_str(&entry);
-            }
-            None => payloads.push(entry),
-        }
-    }
-    payloads
+    contract::notification_payloads(
+        (plan.deliveries.iter()).map(|row| (row.state.delivery_id.as_uuid(), row.version)),
+    )
 }
 
 /// Takes the subscription's partition locks until the transaction ends, in partition order so
@@ -415,15 +402,6 @@ async fn skipped_messages(
     .await?;
     Ok(rows.into_iter().collect())
 }
-
-/// The columns the writes of `deliveries` and `delivery_history` fill, in the order both
-/// the array and the COPY writes send them.
-const DELIVERY_COLUMNS: &str = "delivery_id, status, order_ref, customer_id, pickup, dropoff, \
-    rider_id, cancel_reason, created_at, assigned_at, picked_up_at, completed_at, cancelled_at, \
-    version, updated_at";
-const HISTORY_COLUMNS: &str = "delivery_id, version, event_id, event_type, schema_version, \
-    actor_role, actor_id, occurred_at, recorded_at, correlation_id, causation_id, data, \
-    kafka_partition, kafka_offset, hash";
 
 /// Inserts or advances `rows` (a delivery's row only ever moves to a higher version).
 async fn upsert_deliveries(

@@ -1,6 +1,6 @@
 //! The bounds on the work the query API takes on: how many requests run at once, how long one
 //! may take, how long a read may wait for a pooled connection and how long one statement may
-//! run. (How many reads may wait for the projector is the `ProjectionWatch`'s own bound.) Past
+//! run. (How many reads may wait for the projector is the `FreshnessWatch`'s own bound.) Past
 //! any bound the answer is a 503 problem with `Retry-After`, at once: a crowd is shed, never
 //! queued behind plain reads.
 

@@ -3,8 +3,8 @@
 
 use crate::auth::Tokens;
 use crate::bounds::{HttpBounds, PoolBounds};
+use crate::freshness::{DEFAULT_MAX_WAITERS, FreshnessWatch};
 use crate::http::{AppState, app_with_bounds};
-use crate::projection::{DEFAULT_MAX_WAITERS, ProjectionWatch};
 use anyhow::Context;
 use sqlx::postgres::PgConnectOptions;
 use std::net::SocketAddr;
@@ -66,7 +66,7 @@ pub struct Config {
 pub struct Bounds {
     pub http: HttpBounds,
     pub pool: PoolBounds,
-    /// Reads waiting for the projector at once (`ProjectionWatch::with_max_waiters`).
+    /// Reads waiting for the projector at once (`FreshnessWatch::with_max_waiters`).
     pub max_waiters: usize,
 }
 
@@ -132,7 +132,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .connect_with(bounds.pool.connect_options(options))
         .await
         .context("connecting to the read database (QUERY_API_DATABASE_URL)")?;
-    let projection = ProjectionWatch::listen(&pool)
+    let freshness = FreshnessWatch::listen(&pool)
         .await
         .context("listening for projector commits")?
         .with_max_waiters(bounds.max_waiters);
@@ -140,7 +140,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         pool,
         tokens,
         max_wait: Duration::from_millis(config.max_wait_ms),
-        projection,
+        freshness,
     };
     // In-flight reads finish before the process exits.
     platform::service::serve(

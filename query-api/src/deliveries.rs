@@ -3,25 +3,27 @@
 
 use crate::cursor::Cursor;
 use crate::error::ApiError;
-use crate::history::HistoryRow;
+use crate::history;
 use crate::http::{AppState, DeliveryPath, MinVersion, QueryParams, internal, read_fresh, rfc3339};
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use domain::{Address, Delivery, DeliveryState, RiderId, Status};
+use domain::{Address, Delivery, RiderId, Status};
+use platform::read_model::{DELIVERY_COLUMNS, DeliveryRow};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-/// A delivery as clients see it: the columns of `deliveries`, in this order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+/// A delivery as clients see it: the columns of `deliveries` (`DeliveryRow`), in this order,
+/// its state spelled out as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeliveryView {
     pub delivery_id: Uuid,
     pub status: String,
     pub order_ref: String,
     pub customer_id: String,
-    /// `{line, lat, lon}`, as stored.
+    /// `{line, lat, lon}`.
     pub pickup: serde_json::Value,
     pub dropoff: serde_json::Value,
     pub rider_id: Option<String>,
@@ -37,14 +39,14 @@ pub struct DeliveryView {
     pub updated_at: DateTime<Utc>,
 }
 
-/// The select list matching `DeliveryView`.
-pub(crate) const COLUMNS: &str = "delivery_id, status, order_ref, customer_id, pickup, dropoff, \
-     rider_id, cancel_reason, created_at, assigned_at, picked_up_at, completed_at, \
-     cancelled_at, version, updated_at";
-
-impl DeliveryView {
-    /// The same shape for a state folded from history.
-    fn from_state(state: DeliveryState, version: i64, updated_at: DateTime<Utc>) -> Self {
+/// The same shape for a row as read and for a state folded from history.
+impl From<DeliveryRow> for DeliveryView {
+    fn from(row: DeliveryRow) -> Self {
+        let DeliveryRow {
+            state,
+            version,
+            updated_at,
+        } = row;
         Self {
             delivery_id: state.delivery_id.as_uuid(),
             status: state.status.as_str().to_owned(),
@@ -104,18 +106,18 @@ pub(crate) async fn get(
 }
 
 async fn fetch(pool: &PgPool, id: Uuid) -> Result<Option<DeliveryView>, ApiError> {
-    let row = sqlx::query_as(&format!(
-        "select {COLUMNS} from deliveries where delivery_id = $1"
+    let row: Option<DeliveryRow> = sqlx::query_as(&format!(
+        "select {DELIVERY_COLUMNS} from deliveries where delivery_id = $1"
     ))
     .bind(id)
     .fetch_optional(pool)
     .await?;
-    Ok(row)
+    Ok(row.map(DeliveryView::from))
 }
 
 /// Folds the events that had happened by `at`: the delivery as anyone would have seen it then.
 async fn as_of(pool: &PgPool, id: Uuid, at: DateTime<Utc>) -> Result<DeliveryView, ApiError> {
-    let rows = HistoryRow::up_to(pool, id, at).await?;
+    let rows = history::up_to(pool, id, at).await?;
     let mut delivery = Delivery::default();
     let mut updated_at = None;
     for row in rows {
@@ -131,15 +133,17 @@ async fn as_of(pool: &PgPool, id: Uuid, at: DateTime<Utc>) -> Result<DeliveryVie
             break;
         }
         let occurred_at = row.occurred_at;
-        delivery = delivery.evolve(&row.into_event()?).map_err(internal)?;
+        delivery = delivery
+            .evolve(&history::event_of(row)?)
+            .map_err(internal)?;
         updated_at = Some(occurred_at);
     }
     match (delivery.state, updated_at) {
-        (Some(state), Some(updated_at)) => Ok(DeliveryView::from_state(
+        (Some(state), Some(updated_at)) => Ok(DeliveryView::from(DeliveryRow {
             state,
-            delivery.version,
+            version: delivery.version,
             updated_at,
-        )),
+        })),
         _ => Err(ApiError::DeliveryNotFound),
     }
 }
@@ -192,8 +196,9 @@ pub(crate) async fn list(
 
     // Only the filters asked for go into the statement, so the planner can pick the index
     // that matches them: by status, by rider, or by creation time alone.
-    let mut query =
-        QueryBuilder::<Postgres>::new(format!("select {COLUMNS} from deliveries where true"));
+    let mut query = QueryBuilder::<Postgres>::new(format!(
+        "select {DELIVERY_COLUMNS} from deliveries where true"
+    ));
     if let Some(status) = params.status {
         query.push(" and status = ").push_bind(status.as_str());
     }
@@ -217,7 +222,8 @@ pub(crate) async fn list(
     query
         .push(" order by created_at, delivery_id limit ")
         .push_bind(limit + 1);
-    let mut items: Vec<DeliveryView> = query.build_query_as().fetch_all(&pool).await?;
+    let rows: Vec<DeliveryRow> = query.build_query_as().fetch_all(&pool).await?;
+    let mut items: Vec<DeliveryView> = rows.into_iter().map(DeliveryView::from).collect();
 
     let mut next_cursor = None;
     if items.len() as i64 > limit {

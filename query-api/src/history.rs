@@ -5,85 +5,45 @@ use crate::http::{AppState, DeliveryPath, MinVersion, QueryParams, internal, rea
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use domain::{Actor, DeliveryEvent, DeliveryId, Event, Role, SCHEMA_VERSION};
+use domain::Event;
+use platform::read_model::{HISTORY_COLUMNS, HistoryRow};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-/// A row of `delivery_history`, without where it was read from in Kafka.
-#[derive(Debug, sqlx::FromRow)]
-pub(crate) struct HistoryRow {
-    pub delivery_id: Uuid,
-    pub version: i64,
-    pub event_id: Uuid,
-    pub event_type: String,
-    pub schema_version: i32,
-    pub actor_role: String,
-    pub actor_id: String,
-    pub occurred_at: DateTime<Utc>,
-    pub recorded_at: DateTime<Utc>,
-    pub correlation_id: Uuid,
-    pub causation_id: Uuid,
-    pub data: serde_json::Value,
+/// The whole history of one delivery, in version order.
+async fn all(pool: &PgPool, id: Uuid) -> Result<Vec<HistoryRow>, ApiError> {
+    let rows = sqlx::query_as(&format!(
+        "select {HISTORY_COLUMNS} from delivery_history where delivery_id = $1 order by version"
+    ))
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows)
 }
 
-const COLUMNS: &str = "delivery_id, version, event_id, event_type, schema_version, actor_role, \
-     actor_id, occurred_at, recorded_at, correlation_id, causation_id, data";
+/// The events of one delivery that had happened by `at`, in version order.
+pub(crate) async fn up_to(
+    pool: &PgPool,
+    id: Uuid,
+    at: DateTime<Utc>,
+) -> Result<Vec<HistoryRow>, ApiError> {
+    let rows = sqlx::query_as(&format!(
+        "select {HISTORY_COLUMNS} from delivery_history \
+         where delivery_id = $1 and occurred_at <= $2 order by version"
+    ))
+    .bind(id)
+    .bind(at)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows)
+}
 
-impl HistoryRow {
-    /// The whole history of one delivery, in version order.
-    async fn all(pool: &PgPool, id: Uuid) -> Result<Vec<Self>, ApiError> {
-        let rows = sqlx::query_as(&format!(
-            "select {COLUMNS} from delivery_history where delivery_id = $1 order by version"
-        ))
-        .bind(id)
-        .fetch_all(pool)
-        .await?;
-        Ok(rows)
-    }
-
-    /// The events of one delivery that had happened by `at`, in version order.
-    pub(crate) async fn up_to(
-        pool: &PgPool,
-        id: Uuid,
-        at: DateTime<Utc>,
-    ) -> Result<Vec<Self>, ApiError> {
-        let rows = sqlx::query_as(&format!(
-            "select {COLUMNS} from delivery_history \
-             where delivery_id = $1 and occurred_at <= $2 order by version"
-        ))
-        .bind(id)
-        .bind(at)
-        .fetch_all(pool)
-        .await?;
-        Ok(rows)
-    }
-
-    /// The domain fact. The projector stores only events it could decode, so a failure here
-    /// is a broken read model (ours), not a bad request.
-    pub(crate) fn into_event(self) -> Result<Event, ApiError> {
-        if self.schema_version != SCHEMA_VERSION {
-            return Err(internal(anyhow::anyhow!(
-                "stored event {} has schema version {}",
-                self.event_id,
-                self.schema_version
-            )));
-        }
-        let role = Role::parse(&self.actor_role).ok_or_else(|| {
-            internal(anyhow::anyhow!(
-                "stored event {} has unknown actor role {:?}",
-                self.event_id,
-                self.actor_role
-            ))
-        })?;
-        let change = DeliveryEvent::from_parts(&self.event_type, &self.data).map_err(internal)?;
-        Ok(Event {
-            delivery_id: DeliveryId::from_uuid(self.delivery_id),
-            occurred_at: self.occurred_at,
-            actor: Actor::new(role, self.actor_id),
-            change,
-        })
-    }
+/// The domain fact a history row records. The projector stores only events it could decode,
+/// so a failure here is a broken read model (ours), not a bad request.
+pub(crate) fn event_of(row: HistoryRow) -> Result<Event, ApiError> {
+    let envelope = row.into_envelope().map_err(internal)?;
+    envelope.decode().map_err(internal)
 }
 
 #[derive(Serialize)]
@@ -92,7 +52,8 @@ pub(crate) struct HistoryView {
     events: Vec<EventView>,
 }
 
-/// One event as clients see it: the published envelope's fields.
+/// One event as clients see it: the published envelope's fields (not where the projector
+/// read it in Kafka).
 #[derive(Serialize)]
 struct EventView {
     version: i64,
@@ -151,7 +112,7 @@ pub(crate) async fn get(
         &state,
         id,
         wanted,
-        || HistoryRow::all(&state.pool, id),
+        || all(&state.pool, id),
         |rows| rows.last().map_or(0, |row| row.version),
     )
     .await?;

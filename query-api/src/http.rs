@@ -3,7 +3,7 @@
 use crate::auth::{Tokens, require_token};
 use crate::bounds::{Gate, HttpBounds, bound};
 use crate::error::ApiError;
-use crate::projection::{ProjectionWatch, Waited};
+use crate::freshness::{FreshnessWatch, Waited};
 use crate::{deliveries, history, riders, stats};
 use axum::extract::{FromRef, FromRequestParts, Path};
 use axum::http::request::Parts;
@@ -26,7 +26,7 @@ pub struct AppState {
     pub tokens: Tokens,
     /// The longest a `?min_version=` read waits for the projector before answering 503.
     pub max_wait: Duration,
-    pub projection: ProjectionWatch,
+    pub freshness: FreshnessWatch,
 }
 
 /// The query API as a router with the default [`HttpBounds`], ready to serve or to drive in
@@ -147,7 +147,7 @@ where
         return read().await;
     };
     let waited = state
-        .projection
+        .freshness
         .read_until(
             wanted.wait,
             Some((delivery_id, wanted.version)),

@@ -4,7 +4,7 @@
 //!
 //! Code tour: `http` (router, shared state and extractors) -> one module per resource
 //! (`deliveries`, `history`, `riders`, `stats`), each with its queries beside its handler;
-//! `projection` waits for the projector for read-your-writes; `cursor` is the keyset
+//! `freshness` waits for the projector for read-your-writes; `cursor` is the keyset
 //! pagination position; `auth` and `error` are the boundary; `bounds` limits the work taken
 //! on; `config` starts the binary.
 
@@ -14,10 +14,10 @@ pub mod config;
 mod cursor;
 mod deliveries;
 pub mod error;
+pub mod freshness;
 mod history;
 mod http;
 mod listener;
-pub mod projection;
 mod riders;
 mod stats;
 
@@ -26,5 +26,5 @@ pub use bounds::{HttpBounds, PoolBounds};
 pub use config::{Config, serve};
 pub use deliveries::DeliveryView;
 pub use error::ApiError;
+pub use freshness::FreshnessWatch;
 pub use http::{AppState, app, app_with_bounds};
-pub use projection::ProjectionWatch;

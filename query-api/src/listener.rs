@@ -1,4 +1,4 @@
-//! The task behind `ProjectionWatch`: LISTENs for the projector's commits and keeps listening
+//! The task behind `FreshnessWatch`: LISTENs for the projector's commits and keeps listening
 //! across database restarts.
 //!
 //! A restart (or `pg_terminate_backend`) ends the LISTEN connection, and notifications sent
@@ -9,6 +9,7 @@
 //! Meanwhile waiting reads keep re-reading every 500 ms, so no wait depends on the listener to
 //! end: it ends at its deadline at the latest.
 
+use platform::read_model::{Announced, CHANNEL, parse_notification};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use std::collections::HashMap;
@@ -17,9 +18,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::watch;
 use uuid::Uuid;
-
-/// The channel the projector notifies after each committed batch.
-pub const CHANNEL: &str = "projection";
 
 /// Deliveries whose heard version is remembered; past this the memory starts afresh (and every
 /// waiter re-reads once).
@@ -37,25 +35,20 @@ pub(crate) struct Heard {
 
 impl Heard {
     fn record(&mut self, payload: &str) {
-        if payload.is_empty() {
-            self.anything += 1;
-            return;
-        }
-        if self.versions.len() > REMEMBERED {
-            self.versions.clear();
-            self.anything += 1;
-        }
-        for entry in payload.split(',') {
-            let parsed = entry.split_once(':').and_then(|(id, version)| {
-                Some((Uuid::parse_str(id).ok()?, version.parse::<i64>().ok()?))
-            });
-            match parsed {
-                Some((id, version)) => {
-                    let known = self.versions.entry(id).or_insert(version);
+        for announced in parse_notification(payload) {
+            match announced {
+                Announced::Version {
+                    delivery_id,
+                    version,
+                } => {
+                    if self.versions.len() > REMEMBERED {
+                        self.versions.clear();
+                        self.anything += 1;
+                    }
+                    let known = self.versions.entry(delivery_id).or_insert(version);
                     *known = (*known).max(version);
                 }
-                // Not ours to understand: treat it as "something moved".
-                None => self.anything += 1,
+                Announced::SomethingMoved => self.anything += 1,
             }
         }
     }
@@ -123,7 +116,7 @@ impl Backoff {
     }
 }
 
-/// Relays notifications to the waiters until every `ProjectionWatch` is dropped or the pool
+/// Relays notifications to the waiters until every `FreshnessWatch` is dropped or the pool
 /// is closed, reconnecting whenever the connection is lost.
 pub(crate) async fn keep_listening(
     pool: PgPool,

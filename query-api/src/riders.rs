@@ -1,11 +1,12 @@
 //! `GET /riders/{id}/deliveries`: a rider's workload and recent work.
 
-use crate::deliveries::{COLUMNS, DeliveryView};
+use crate::deliveries::DeliveryView;
 use crate::error::ApiError;
 use crate::http::RiderPath;
 use axum::Json;
 use axum::extract::State;
 use domain::Status;
+use platform::read_model::{DELIVERY_COLUMNS, DeliveryRow};
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -42,16 +43,16 @@ pub(crate) async fn get(
     let Some((active_deliveries, completed_deliveries)) = counts else {
         return Err(ApiError::RiderNotFound);
     };
-    let active = sqlx::query_as(&format!(
-        "select {COLUMNS} from deliveries where rider_id = $1 and status = any($2) \
+    let active: Vec<DeliveryRow> = sqlx::query_as(&format!(
+        "select {DELIVERY_COLUMNS} from deliveries where rider_id = $1 and status = any($2) \
          order by created_at, delivery_id"
     ))
     .bind(&rider_id)
     .bind([Status::RiderAssigned.as_str(), Status::PickedUp.as_str()].as_slice())
     .fetch_all(&mut *tx)
     .await?;
-    let recent_completed = sqlx::query_as(&format!(
-        "select {COLUMNS} from deliveries where rider_id = $1 and status = $2 \
+    let recent_completed: Vec<DeliveryRow> = sqlx::query_as(&format!(
+        "select {DELIVERY_COLUMNS} from deliveries where rider_id = $1 and status = $2 \
          order by completed_at desc, delivery_id desc limit $3"
     ))
     .bind(&rider_id)
@@ -64,7 +65,9 @@ pub(crate) async fn get(
         rider_id,
         active_deliveries,
         completed_deliveries,
-        active,
-        recent_completed,
+        active: active.into_iter().map(DeliveryView::from).collect(),
+        recent_completed: (recent_completed.into_iter())
+            .map(DeliveryView::from)
+            .collect(),
     }))
 }

@@ -165,7 +165,7 @@ impl TestStack {
             .await
             .expect("query API connects as the reader");
         let state = query_api::AppState {
-            projection: query_api::ProjectionWatch::listen(&pool)
+            freshness: query_api::FreshnessWatch::listen(&pool)
                 .await
                 .expect("listen"),
             pool,

@@ -119,7 +119,8 @@ pub(super) async fn apply(
     .bind(&offsets)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("select pg_notify('projection', payload) from unnest($1::text[]) as payload")
+    sqlx::query("select pg_notify($1, payload) from unnest($2::text[]) as payload")
+        .bind(platform::read_model::CHANNEL)
         .bind(store::notifications(&plan))
         .execute(&mut *tx)
         .await?;

@@ -5,7 +5,7 @@ use crate::support::{Reply, TOKEN};
 use axum::Router;
 use axum::http::StatusCode;
 use e2e::{eventually, free_port};
-use query_api::{AppState, HttpBounds, PoolBounds, ProjectionWatch, Tokens, app_with_bounds};
+use query_api::{AppState, FreshnessWatch, HttpBounds, PoolBounds, Tokens, app_with_bounds};
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
 use std::net::SocketAddr;
@@ -43,14 +43,14 @@ impl Default for Bounded {
 
 /// The app as the binary builds it (its own pool with `bounded.pool`, the watch and the router
 /// bounded), on the database `options` point at; and its watch, to observe.
-pub async fn bounded_app(options: PgConnectOptions, bounded: Bounded) -> (Router, ProjectionWatch) {
+pub async fn bounded_app(options: PgConnectOptions, bounded: Bounded) -> (Router, FreshnessWatch) {
     let pool = bounded
         .pool
         .pool_options()
         .connect_with(bounded.pool.connect_options(options))
         .await
         .expect("the app's pool connects");
-    let projection = ProjectionWatch::listen(&pool)
+    let freshness = FreshnessWatch::listen(&pool)
         .await
         .expect("LISTEN on the test database")
         .with_max_waiters(bounded.max_waiters);
@@ -58,9 +58,9 @@ pub async fn bounded_app(options: PgConnectOptions, bounded: Bounded) -> (Router
         pool,
         tokens: Tokens::parse(TOKEN).expect("test token is valid"),
         max_wait: bounded.max_wait,
-        projection: projection.clone(),
+        freshness: freshness.clone(),
     };
-    (app_with_bounds(state, bounded.http), projection)
+    (app_with_bounds(state, bounded.http), freshness)
 }
 
 /// Checks a 503 problem: its code, and a `Retry-After` for clients to honour.

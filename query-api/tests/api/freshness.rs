@@ -2,7 +2,7 @@
 
 use crate::support::{D2, UNKNOWN, get, project, seed, test_app};
 use axum::http::StatusCode;
-use query_api::ProjectionWatch;
+use query_api::FreshnessWatch;
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
 
@@ -109,7 +109,7 @@ async fn a_waiting_read_answers_as_soon_as_the_projector_commits(pool: PgPool) {
 
 #[sqlx::test(migrator = "migrations::READ")]
 async fn the_watch_hears_every_projector_commit(pool: PgPool) {
-    let watch = ProjectionWatch::listen(&pool).await.expect("LISTEN");
+    let watch = FreshnessWatch::listen(&pool).await.expect("LISTEN");
     let mut commits = watch.subscribe();
     commits.borrow_and_update();
     project(&pool, "select 1", "").await;

@@ -6,7 +6,7 @@ use crate::freshness::{PICK_UP_D2, PICK_UP_D2_HISTORY};
 use crate::support::{D1, D2, TOKEN, get, project, seed};
 use axum::http::StatusCode;
 use e2e::eventually;
-use query_api::{AppState, PoolBounds, ProjectionWatch, Tokens, app};
+use query_api::{AppState, FreshnessWatch, PoolBounds, Tokens, app};
 use sqlx::PgPool;
 use std::time::Duration;
 
@@ -33,12 +33,12 @@ async fn with_the_read_database_unreachable_every_read_is_a_503_with_retry_after
         ),
     );
     // The watch started while the database was up; the reads find it gone.
-    let projection = ProjectionWatch::listen(&pool).await.expect("LISTEN");
+    let freshness = FreshnessWatch::listen(&pool).await.expect("LISTEN");
     let app = app(AppState {
         pool: unreachable,
         tokens: Tokens::parse(TOKEN).expect("token"),
         max_wait: Duration::from_secs(5),
-        projection,
+        freshness,
     });
     for path in [
         format!("/deliveries/{D1}"),

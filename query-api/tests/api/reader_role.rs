@@ -2,7 +2,7 @@
 
 use crate::support::{D1, get, seed};
 use axum::http::StatusCode;
-use query_api::{AppState, ProjectionWatch, Tokens, app};
+use query_api::{AppState, FreshnessWatch, Tokens, app};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use std::time::Duration;
@@ -54,14 +54,14 @@ async fn the_reader_login_can_select_but_not_change_a_query_table(pool: PgPool) 
     }
 
     // And the whole API works through it, notifications included.
-    let projection = ProjectionWatch::listen(&reader)
+    let freshness = FreshnessWatch::listen(&reader)
         .await
         .expect("LISTEN as reader");
     let app = app(AppState {
         pool: reader.clone(),
         tokens: Tokens::parse(crate::support::TOKEN).expect("token"),
         max_wait: Duration::from_secs(1),
-        projection,
+        freshness,
     });
     let reply = get(&app, &format!("/deliveries/{D1}")).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);

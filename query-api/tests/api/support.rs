@@ -4,7 +4,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
-use query_api::{AppState, ProjectionWatch, Tokens, app};
+use query_api::{AppState, FreshnessWatch, Tokens, app};
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
@@ -35,14 +35,14 @@ pub const UNKNOWN: &str = "0190f4c2-0000-7000-8000-0000000000ff";
 
 /// The app over `pool`, listening for projector commits, waiting at most 5 s for a version.
 pub async fn test_app(pool: PgPool) -> Router {
-    let projection = ProjectionWatch::listen(&pool)
+    let freshness = FreshnessWatch::listen(&pool)
         .await
         .expect("LISTEN on the test database");
     app(AppState {
         pool,
         tokens: Tokens::parse(&format!("{TOKEN},{OTHER_TOKEN}")).expect("test tokens are valid"),
         max_wait: Duration::from_secs(5),
-        projection,
+        freshness,
     })
 }
 
@@ -54,7 +54,8 @@ pub async fn project(pool: &PgPool, statement: &str, payload: &str) {
         .execute(&mut *tx)
         .await
         .expect("projection write");
-    sqlx::query("select pg_notify('projection', $1)")
+    sqlx::query("select pg_notify($1, $2)")
+        .bind(platform::read_model::CHANNEL)
         .bind(payload)
         .execute(&mut *tx)
         .await

@@ -1,13 +1,14 @@
 //! Read-your-writes: a client that was told "version 5" by the command API can ask for at least
 //! version 5 here, and the read waits for the projector instead of answering with older data.
 //!
-//! The projector runs `pg_notify('projection', 'id:version,id:version,...')` in the transaction
-//! of every batch it commits, naming the deliveries it moved and their new versions (an empty
-//! payload means "something moved"). One task LISTENs, remembers the latest version heard for
-//! each delivery and bumps a counter. A waiting request re-reads the database only when its own
-//! delivery reached the version it waits for, when an empty payload or a reconnect says
-//! anything may have moved, and every 500 ms anyway. So a thousand waiting requests cost one
-//! query each when they are answered, not one per projector commit.
+//! The projector notifies `platform::read_model::CHANNEL` in the transaction of every batch it
+//! commits, naming the deliveries it moved and their new versions (the payload format and its
+//! parser are `platform::read_model`'s; an empty payload means "something moved"). One task
+//! LISTENs, remembers the latest version heard for each delivery and bumps a counter. A waiting
+//! request re-reads the database only when its own delivery reached the version it waits for,
+//! when an empty payload or a reconnect says anything may have moved, and every 500 ms anyway.
+//! So a thousand waiting requests cost one query each when they are answered, not one per
+//! projector commit.
 //!
 //! Waiting is bounded: at most `max_waiters` reads wait at once (past that, 503 at once), and a
 //! waiter holds no pooled connection between its reads. The listening task itself survives a
@@ -23,8 +24,6 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-pub use crate::listener::CHANNEL;
-
 /// The fallback re-check interval while waiting.
 const RECHECK: Duration = Duration::from_millis(500);
 
@@ -37,7 +36,7 @@ pub const DEFAULT_MAX_WAITERS: usize = 64;
 /// Wakes waiting reads when the projector commits. Cheap to clone; the listening task ends when
 /// the last clone is dropped (or the pool is closed).
 #[derive(Clone, Debug)]
-pub struct ProjectionWatch {
+pub struct FreshnessWatch {
     /// Counts the commits seen (and reconnects, after which commits may have been missed).
     commits: watch::Receiver<u64>,
     heard: Arc<Mutex<Heard>>,
@@ -56,11 +55,11 @@ pub enum Waited<T> {
     TimedOut(T),
 }
 
-impl ProjectionWatch {
-    /// LISTENs on [`CHANNEL`] with one of `pool`'s connections (held for the watch's lifetime,
-    /// replaced when it is lost) and spawns the task that wakes waiters. Fails only if the
-    /// first LISTEN fails: a process that cannot reach its database at start-up says so.
-    /// Must be called inside a Tokio runtime.
+impl FreshnessWatch {
+    /// LISTENs on the projector's channel with one of `pool`'s connections (held for the
+    /// watch's lifetime, replaced when it is lost) and spawns the task that wakes waiters. Fails
+    /// only if the first LISTEN fails: a process that cannot reach its database at start-up
+    /// says so. Must be called inside a Tokio runtime.
     pub async fn listen(pool: &PgPool) -> Result<Self, sqlx::Error> {
         let listener = crate::listener::connect(pool).await?;
         let (commits, receiver) = watch::channel(0);
