@@ -9,7 +9,7 @@ mod common;
 use common::*;
 use domain::{DeliveryId, EventEnvelope};
 use projector::audit::{self, AuditConfig, Check, Report, TopicIndex};
-use projector::projection::Incoming;
+use projector::plan::Incoming;
 use projector::{Subscription, apply_batch};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};

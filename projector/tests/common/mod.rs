@@ -8,7 +8,7 @@ use domain::{
     OrderRef, PickedUp, RiderAssigned, Role, SCHEMA_VERSION,
 };
 use domain::{DeliveryId, EventEnvelope, RiderId};
-use projector::projection::{Current, Incoming, plan};
+use projector::plan::{Current, Incoming, plan};
 use uuid::Uuid;
 
 pub fn t(minute: u32) -> DateTime<Utc> {
