@@ -132,14 +132,7 @@ pub async fn apply_batch_to(
         Destination::Live(_) => {
             let plan = plan::plan_decoded(current, fresh);
             write_live(&mut tx, subscription, &projections, &plan).await?;
-            // Wakes read-your-writes waiters in the query API once this commits, telling them
-            // which deliveries reached which version.
-            sqlx::query(
-                "select pg_notify('projection', payload) from unnest($1::text[]) as payload",
-            )
-            .bind(notifications(&plan))
-            .execute(&mut *tx)
-            .await?;
+            notify_waiters(&mut tx, &plan).await?;
             tx.commit().await?;
             Ok(applied(&plan, already_consumed))
         }
@@ -170,6 +163,19 @@ fn applied(plan: &Plan, already_consumed: usize) -> Applied {
         parked: plan.parked.len(),
         poison: plan.poison.len(),
     }
+}
+
+/// Wakes read-your-writes waiters in the query API once the transaction commits, telling them
+/// which deliveries reached which version.
+pub(crate) async fn notify_waiters(
+    conn: &mut PgConnection,
+    plan: &Plan,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("select pg_notify('projection', payload) from unnest($1::text[]) as payload")
+        .bind(notifications(plan))
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// NOTIFY payloads naming each changed delivery and its version (`id:version,id:version`),

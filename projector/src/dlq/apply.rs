@@ -112,10 +112,7 @@ pub(super) async fn apply(
     .bind(&offsets)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("select pg_notify('projection', payload) from unnest($1::text[]) as payload")
-        .bind(batch::notifications(&plan))
-        .execute(&mut *tx)
-        .await?;
+    batch::notify_waiters(tx, &plan).await?;
     Ok(plan.applied())
 }
 
