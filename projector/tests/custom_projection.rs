@@ -13,7 +13,7 @@ use domain::{Address, Created, CustomerId, DeliveryEvent, EventEnvelope, OrderRe
 use projector::catalog::{self, Catalog};
 use projector::projection::{PlannedBatch, Projection, async_trait};
 use projector::rebuild::{RebuildConfig, rebuild_with};
-use projector::{Progress, ProjectorConfig};
+use projector::{Destination, Progress, ProjectorConfig, Subscription, apply_batch_to};
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::postgres::PgPoolOptions;
@@ -257,4 +257,53 @@ async fn a_projection_defined_outside_the_crate_is_rebuilt_and_then_kept_live(po
 
     shutdown.cancel();
     live.await.expect("joined").expect("the projector ran");
+}
+
+#[sqlx::test(migrator = "migrations::READ")]
+async fn a_live_batch_writes_a_listed_projection_of_the_callers_catalog(pool: PgPool) {
+    let live = Destination::Live(WITH_COMPLETIONS);
+    let subscription = Subscription {
+        group: LIVE_GROUP.into(),
+        topic: TOPIC.into(),
+    };
+    let batch = |deliveries: std::ops::Range<u128>, first: i64| -> Vec<_> {
+        (deliveries.flat_map(lifecycle).zip(first..))
+            .map(|(event, offset)| message(offset, &event))
+            .collect()
+    };
+    // Not listed in `projections` yet (no rebuild built it): not written, though its table is
+    // there.
+    sqlx::raw_sql(CustomerCompletions.ddl())
+        .execute(&pool)
+        .await
+        .expect("ddl");
+    apply_batch_to(&pool, &live, &subscription, &batch(0..3, 0))
+        .await
+        .expect("applied");
+    let completions = |pool: PgPool| async move {
+        sqlx::query_as::<_, (String, i64)>(
+            "select customer_id, completed from customer_completions order by 1",
+        )
+        .fetch_all(&pool)
+        .await
+        .expect("customer_completions")
+    };
+    assert_eq!(completions(pool.clone()).await, []);
+
+    sqlx::query("insert into projections (name) values ('customer_completions')")
+        .execute(&pool)
+        .await
+        .expect("listed");
+    apply_batch_to(&pool, &live, &subscription, &batch(3..9, 100))
+        .await
+        .expect("applied");
+    // Deliveries 4, 6 and 8 completed: customers 1, 0 and 2.
+    assert_eq!(
+        completions(pool.clone()).await,
+        [
+            ("customer-0".to_owned(), 1),
+            ("customer-1".to_owned(), 1),
+            ("customer-2".to_owned(), 1)
+        ]
+    );
 }
