@@ -1,88 +1,98 @@
-//! The projections the projector builds: each a named set of query tables with its DDL. The
-//! live projector writes the ones listed in the read database's `projections` table; `rebuild`
-//! builds any of them anew from the first event and swaps it in.
+//! The projections the projector knows. The live projector writes the ones listed in the read
+//! database's `projections` table (and `deliveries`, always); `rebuild` builds any of them anew
+//! from the first event and swaps it in. The built-in catalog is [`Catalog::BUILT_IN`]; a
+//! caller with a projection of its own passes a catalog that lists it (see `run_with` and
+//! `rebuild_with`).
 
-/// One projection: the tables it owns and the statements that create them.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Projection {
-    pub name: &'static str,
-    pub about: &'static str,
-    pub tables: &'static [&'static str],
-    /// Creates the tables, unqualified: run with `search_path` set to the target schema.
-    pub ddl: &'static str,
-    /// Creates the indexes the projector's own writes do not need. A rebuild runs it once its
-    /// replay has caught up: one sort per index is much cheaper than row-by-row upkeep.
-    pub indexes: &'static str,
+pub use crate::projection::Projection;
+use crate::projection::{Counts, Deliveries, History};
+
+/// Each delivery's current state: every other projection is computed from its transitions.
+pub const DELIVERIES: &dyn Projection = &Deliveries;
+pub const HISTORY: &dyn Projection = &History;
+pub const COUNTS: &dyn Projection = &Counts;
+
+/// The built-in projections.
+pub const ALL: [&dyn Projection; 3] = [DELIVERIES, HISTORY, COUNTS];
+
+/// A list of projections, each table owned by one of them.
+#[derive(Debug, Clone, Copy)]
+pub struct Catalog {
+    projections: &'static [&'static dyn Projection],
 }
 
-/// Each delivery's current state. Every other projection is computed from its transitions,
-/// so it is always live, and a rebuild of any projection builds a working copy of it.
-pub const DELIVERIES: Projection = Projection {
-    name: "deliveries",
-    about: "current state of each delivery (with parked and poison messages)",
-    tables: &["deliveries", "parked_events", "poison_messages"],
-    ddl: include_str!("../sql/deliveries.sql"),
-    indexes: include_str!("../sql/deliveries.indexes.sql"),
-};
-
-pub const HISTORY: Projection = Projection {
-    name: "history",
-    about: "every event of every delivery",
-    tables: &["delivery_history"],
-    ddl: include_str!("../sql/history.sql"),
-    indexes: include_str!("../sql/history.indexes.sql"),
-};
-
-pub const COUNTS: Projection = Projection {
-    name: "counts",
-    about: "deliveries per status and each rider's workload",
-    tables: &["riders", "status_counts"],
-    ddl: include_str!("../sql/counts.sql"),
-    indexes: include_str!("../sql/counts.indexes.sql"),
-};
-
-pub const ALL: [&Projection; 3] = [&DELIVERIES, &HISTORY, &COUNTS];
-
-pub fn by_name(name: &str) -> Option<&'static Projection> {
-    ALL.into_iter().find(|p| p.name == name)
+impl Default for Catalog {
+    fn default() -> Self {
+        Catalog::BUILT_IN
+    }
 }
 
-/// Which of the optional projections a batch writes (`deliveries` always is).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Writes {
-    pub history: bool,
-    pub counts: bool,
-}
+impl Catalog {
+    pub const BUILT_IN: Catalog = Catalog::new(&ALL);
 
-impl Writes {
-    pub const ALL: Writes = Writes {
-        history: true,
-        counts: true,
-    };
+    /// A catalog of `projections`, which must include one that is always written (the state
+    /// the others are computed from, `DELIVERIES` for the built-in ones).
+    pub const fn new(projections: &'static [&'static dyn Projection]) -> Catalog {
+        Catalog { projections }
+    }
 
-    pub fn of<'a>(names: impl IntoIterator<Item = &'a str>) -> Writes {
-        let mut writes = Writes {
-            history: false,
-            counts: false,
-        };
-        for name in names {
-            match name {
-                "history" => writes.history = true,
-                "counts" => writes.counts = true,
-                _ => {}
+    pub fn projections(&self) -> &'static [&'static dyn Projection] {
+        self.projections
+    }
+
+    pub fn by_name(&self, name: &str) -> Option<&'static dyn Projection> {
+        self.projections.iter().copied().find(|p| p.name() == name)
+    }
+
+    /// What a live batch writes, given the names the `projections` table lists: those, and
+    /// the ones always written. A listed name this build does not know is left alone.
+    pub fn written<'a>(
+        &self,
+        listed: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<&'static dyn Projection> {
+        let listed: Vec<&str> = listed.into_iter().collect();
+        (self.projections.iter().copied())
+            .filter(|p| p.always_written() || listed.contains(&p.name()))
+            .collect()
+    }
+
+    /// What a rebuild of `chosen` builds and writes: the ones always written (a working copy
+    /// when they are not chosen), then the chosen ones, each once.
+    pub fn with_always_written(
+        &self,
+        chosen: &[&'static dyn Projection],
+    ) -> Vec<&'static dyn Projection> {
+        let mut built: Vec<&'static dyn Projection> = (self.projections.iter().copied())
+            .filter(|p| p.always_written())
+            .collect();
+        for projection in chosen {
+            if !built.iter().any(|b| b.name() == projection.name()) {
+                built.push(*projection);
             }
         }
-        writes
+        built
     }
+}
+
+/// A built-in projection by name.
+pub fn by_name(name: &str) -> Option<&'static dyn Projection> {
+    Catalog::BUILT_IN.by_name(name)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn names(projections: &[&dyn Projection]) -> Vec<&'static str> {
+        projections.iter().map(|p| p.name()).collect()
+    }
+
     #[test]
     fn every_table_is_owned_by_one_projection() {
-        let mut tables: Vec<&str> = ALL.iter().flat_map(|p| p.tables.iter().copied()).collect();
+        let mut tables: Vec<&str> = ALL
+            .iter()
+            .flat_map(|p| p.tables().iter().copied())
+            .collect();
         let count = tables.len();
         tables.sort_unstable();
         tables.dedup();
@@ -93,26 +103,44 @@ mod tests {
     fn each_ddl_creates_exactly_its_tables() {
         for projection in ALL {
             let created: Vec<&str> = projection
-                .ddl
+                .ddl()
                 .split("create table ")
                 .skip(1)
                 .filter_map(|rest| rest.split_whitespace().next())
                 .collect();
-            assert_eq!(created, projection.tables, "{}", projection.name);
+            assert_eq!(created, projection.tables(), "{}", projection.name());
         }
     }
 
     #[test]
-    fn writes_name_the_optional_projections() {
+    fn a_batch_writes_deliveries_and_the_listed_projections() {
+        let catalog = Catalog::BUILT_IN;
         assert_eq!(
-            Writes::of(["deliveries", "counts"]),
-            Writes {
-                history: false,
-                counts: true
-            }
+            names(&catalog.written(["deliveries", "counts"])),
+            ["deliveries", "counts"]
         );
-        assert_eq!(Writes::of(["history", "counts", "later"]), Writes::ALL);
-        assert_eq!(by_name("counts"), Some(&COUNTS));
-        assert_eq!(by_name("nope"), None);
+        assert_eq!(
+            names(&catalog.written(["counts"])),
+            ["deliveries", "counts"]
+        );
+        assert_eq!(
+            names(&catalog.written(["history", "counts", "later"])),
+            ["deliveries", "history", "counts"]
+        );
+        assert_eq!(by_name("counts").map(|p| p.name()), Some("counts"));
+        assert!(by_name("nope").is_none());
+    }
+
+    #[test]
+    fn a_rebuild_builds_a_working_copy_of_deliveries() {
+        let catalog = Catalog::BUILT_IN;
+        assert_eq!(
+            names(&catalog.with_always_written(&[COUNTS])),
+            ["deliveries", "counts"]
+        );
+        assert_eq!(
+            names(&catalog.with_always_written(&[COUNTS, DELIVERIES])),
+            ["deliveries", "counts"]
+        );
     }
 }

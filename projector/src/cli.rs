@@ -52,7 +52,7 @@ pub struct RebuildArgs {
     /// A projection to rebuild (repeat for several; all when omitted): deliveries, history or
     /// counts. One the read database does not have yet is built from the first event.
     #[arg(long = "projection", value_parser = projection_name)]
-    projections: Vec<&'static catalog::Projection>,
+    projections: Vec<&'static dyn catalog::Projection>,
     /// Keep the replaced tables in a `retired_...` schema instead of dropping them.
     #[arg(long)]
     keep_old: bool,
@@ -75,11 +75,11 @@ pub struct RebuildArgs {
     allow_truncated_history: bool,
 }
 
-fn projection_name(name: &str) -> Result<&'static catalog::Projection, String> {
+fn projection_name(name: &str) -> Result<&'static dyn catalog::Projection, String> {
     catalog::by_name(name).ok_or_else(|| {
         let known: Vec<String> = catalog::ALL
             .iter()
-            .map(|p| format!("{} ({})", p.name, p.about))
+            .map(|p| format!("{} ({})", p.name(), p.about()))
             .collect();
         format!("unknown projection; known: {}", known.join("; "))
     })

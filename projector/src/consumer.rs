@@ -1,13 +1,14 @@
 //! The Kafka side of the projector: a consumer group member that reads batches, applies each
 //! in one read-database transaction with its offsets, and only then commits to the broker.
 
+use crate::batch::{self, Applied, Destination, Subscription};
+use crate::catalog::Catalog;
 use crate::failure::apply_with_retry;
+use crate::kafka::{self, Purpose};
 use crate::offsets::{self, OffsetsAhead};
-use crate::projection::Incoming;
-use crate::store::{self, Applied, Subscription, Target};
+use crate::plan::Incoming;
 use futures::StreamExt;
 use rdkafka::client::ClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -101,13 +102,13 @@ impl ConsumerContext for StoredOffsets {
                     let _ = consumer.unassign();
                     return;
                 }
-                tracing::info!(partitions = ?partitions_of(assignment), "partitions assigned");
+                tracing::info!(partitions = ?assigned_partitions(assignment), "partitions assigned");
                 if let Err(error) = consumer.assign(assignment) {
                     tracing::error!(%error, "assigning partitions failed");
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                tracing::info!(partitions = ?partitions_of(assignment), "partitions revoked");
+                tracing::info!(partitions = ?assigned_partitions(assignment), "partitions revoked");
                 if let Err(error) = consumer.unassign() {
                     tracing::error!(%error, "unassigning partitions failed");
                 }
@@ -129,7 +130,7 @@ impl StoredOffsets {
     /// own connection. If it fails, the partitions start from the beginning: slow, never wrong,
     /// since the batch transaction skips whatever was already applied.
     fn position(&self, assignment: &mut TopicPartitionList) -> BTreeMap<i32, i64> {
-        let partitions: Vec<i32> = partitions_of(assignment);
+        let partitions: Vec<i32> = assigned_partitions(assignment);
         let database = self.database.clone();
         let subscription = self.subscription.clone();
         let lookup = std::thread::spawn(move || {
@@ -139,7 +140,7 @@ impl StoredOffsets {
             runtime.block_on(async {
                 let lookup = async {
                     let mut conn = database.connect().await?;
-                    store::stored_offsets(&mut conn, &subscription, &partitions).await
+                    batch::stored_offsets(&mut conn, &subscription, &partitions).await
                 };
                 tokio::time::timeout(Duration::from_secs(10), lookup)
                     .await
@@ -156,7 +157,7 @@ impl StoredOffsets {
             Err(_) => BTreeMap::new(),
         };
         let topic = self.subscription.topic.clone();
-        for partition in partitions_of(assignment) {
+        for partition in assigned_partitions(assignment) {
             let start = stored
                 .get(&partition)
                 .map_or(Offset::Beginning, |next| Offset::Offset(*next));
@@ -168,7 +169,7 @@ impl StoredOffsets {
     }
 }
 
-fn partitions_of(list: &TopicPartitionList) -> Vec<i32> {
+fn assigned_partitions(list: &TopicPartitionList) -> Vec<i32> {
     list.elements().iter().map(|e| e.partition()).collect()
 }
 
@@ -180,6 +181,18 @@ pub async fn run(
     progress: Arc<Progress>,
     shutdown: CancellationToken,
 ) -> Result<(), ProjectorError> {
+    run_with(Catalog::BUILT_IN, pool, config, progress, shutdown).await
+}
+
+/// `run`, writing the projections of `catalog` (those the `projections` table lists).
+pub async fn run_with(
+    catalog: Catalog,
+    pool: PgPool,
+    config: ProjectorConfig,
+    progress: Arc<Progress>,
+    shutdown: CancellationToken,
+) -> Result<(), ProjectorError> {
+    let destination = Destination::Live(catalog);
     let subscription = Subscription {
         group: config.group.clone(),
         topic: config.topic.clone(),
@@ -190,19 +203,13 @@ pub async fn run(
         refused: std::sync::Mutex::new(None),
         stop: CancellationToken::new(),
     };
-    let consumer: StreamConsumer<StoredOffsets> = ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
-        .set("group.id", &config.group)
-        // Offsets are ours to store (in the read database) and commit (after it).
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        // A partition with no stored offset is read from its first event.
-        .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
-        // Fetches return as soon as data arrives on most brokers; a short cap bounds the
-        // latency on those that hold a fetch for its whole wait.
-        .set("fetch.wait.max.ms", "5")
-        .create_with_context(context)?;
+    let consumer: StreamConsumer<StoredOffsets> = kafka::consumer_config(
+        &config.brokers,
+        Purpose::Live {
+            group: &config.group,
+        },
+    )
+    .create_with_context(context)?;
     offsets::check_at_start(&consumer, &pool, &subscription, &shutdown).await?;
     consumer.subscribe(&[&config.topic])?;
     tracing::info!(topic = %config.topic, group = %config.group, "projector consuming");
@@ -233,7 +240,7 @@ pub async fn run(
             continue;
         }
         let Some(applied) =
-            apply_with_retry(&pool, &Target::Live, &subscription, &messages, &shutdown).await
+            apply_with_retry(&pool, &destination, &subscription, &messages, &shutdown).await
         else {
             break;
         };

@@ -7,6 +7,7 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
 /// A COPY stream being built: the header, then rows, then [`CopyRows::finish`].
@@ -106,6 +107,23 @@ impl CopyRows {
         self.buf.extend_from_slice(&(-1i16).to_be_bytes());
         self.buf
     }
+}
+
+/// Sends `rows` with `statement` (a `copy ... from stdin (format binary)`).
+pub(crate) async fn send_copy(
+    conn: &mut PgConnection,
+    statement: &str,
+    rows: CopyRows,
+) -> Result<(), sqlx::Error> {
+    let mut copy = conn.copy_in_raw(statement).await?;
+    copy.send(rows.finish()).await?;
+    copy.finish().await?;
+    Ok(())
+}
+
+/// A value that cannot be serialized fails its batch as the data's fault.
+pub(crate) fn encode_error(error: serde_json::Error) -> sqlx::Error {
+    sqlx::Error::Encode(Box::new(error))
 }
 
 fn postgres_epoch() -> DateTime<Utc> {

@@ -15,9 +15,9 @@
 //! An error that looks transient while the database answers a plain `select 1` is counted: a
 //! batch that fails that way [`SUSPECT_LIMIT`] times is split too, in case it is the cause.
 
+use crate::batch::{self, Applied, Destination, Subscription};
+use crate::plan::{Decoded, Incoming, PoisonMessage, key_delivery};
 use crate::poison::{self, Record};
-use crate::projection::{Decoded, Incoming, PoisonMessage, key_delivery};
-use crate::store::{self, Applied, Subscription, Target};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -90,7 +90,7 @@ fn is_environment(error: &sqlx::Error) -> bool {
 /// when shut down first: what was not committed is read again from the stored offsets.
 pub async fn apply_with_retry(
     pool: &PgPool,
-    target: &Target,
+    destination: &Destination,
     subscription: &Subscription,
     messages: &[Incoming],
     shutdown: &CancellationToken,
@@ -101,13 +101,19 @@ pub async fn apply_with_retry(
     // one would hide the earlier one's messages as already consumed.
     let mut parts: Vec<&[Incoming]> = vec![messages];
     while let Some(part) = parts.pop() {
-        match settle(pool, target, subscription, part, shutdown).await? {
+        match settle(pool, destination, subscription, part, shutdown).await? {
             Ok(applied) => add(&mut total, applied),
             Err(error) => match part {
                 [message] => {
-                    let applied =
-                        record_until_done(pool, target, subscription, message, &error, shutdown)
-                            .await?;
+                    let applied = record_until_done(
+                        pool,
+                        destination,
+                        subscription,
+                        message,
+                        &error,
+                        shutdown,
+                    )
+                    .await?;
                     add(&mut total, applied);
                 }
                 _ => {
@@ -138,7 +144,7 @@ fn add(total: &mut Applied, applied: Applied) {
 /// seems to cause; `None`: shut down.
 async fn settle(
     pool: &PgPool,
-    target: &Target,
+    destination: &Destination,
     subscription: &Subscription,
     messages: &[Incoming],
     shutdown: &CancellationToken,
@@ -146,7 +152,7 @@ async fn settle(
     let mut backoff = FIRST_BACKOFF;
     let mut suspect = 0;
     loop {
-        let error = match store::apply_batch_to(pool, target, subscription, messages).await {
+        let error = match batch::apply_batch_to(pool, destination, subscription, messages).await {
             Ok(applied) => return Some(Ok(applied)),
             Err(error) => error,
         };
@@ -180,7 +186,7 @@ async fn answers(pool: &PgPool) -> bool {
 /// Records `message` as poison until that commits (only a transient failure can stop it).
 async fn record_until_done(
     pool: &PgPool,
-    target: &Target,
+    destination: &Destination,
     subscription: &Subscription,
     message: &Incoming,
     error: &str,
@@ -188,7 +194,7 @@ async fn record_until_done(
 ) -> Option<Applied> {
     let mut backoff = FIRST_BACKOFF;
     loop {
-        match record_failed(pool, target, subscription, message, error).await {
+        match record_failed(pool, destination, subscription, message, error).await {
             Ok(applied) => return Some(applied),
             Err(failure) => {
                 tracing::warn!(error = %failure, retry_in = ?backoff, "recording poison failed");
@@ -222,7 +228,7 @@ pub fn refused(message: &Incoming, error: &str) -> PoisonMessage {
 /// it, a bare record (numbers and ASCII only) takes its place.
 pub async fn record_failed(
     pool: &PgPool,
-    target: &Target,
+    destination: &Destination,
     subscription: &Subscription,
     message: &Incoming,
     error: &str,
@@ -234,11 +240,11 @@ pub async fn record_failed(
     );
     let mut tx = pool.begin().await?;
     sqlx::query("select set_config('search_path', $1, true)")
-        .bind(target.search_path())
+        .bind(destination.search_path())
         .execute(&mut *tx)
         .await?;
-    store::lock_partitions(&mut tx, subscription, &[message.partition]).await?;
-    let stored = store::stored_offsets(&mut tx, subscription, &[message.partition]).await?;
+    batch::lock_partitions(&mut tx, subscription, &[message.partition]).await?;
+    let stored = batch::stored_offsets(&mut tx, subscription, &[message.partition]).await?;
     if stored
         .get(&message.partition)
         .is_some_and(|next| message.offset < *next)
@@ -264,7 +270,7 @@ pub async fn record_failed(
         poison::insert(&mut tx, &subscription.topic, &[bare]).await?;
     }
     let next = BTreeMap::from([(message.partition, message.offset + 1)]);
-    store::store_offsets(&mut tx, subscription, &next).await?;
+    batch::store_offsets(&mut tx, subscription, &next).await?;
     tx.commit().await?;
     Ok(Applied {
         poison: 1,

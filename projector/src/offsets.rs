@@ -5,7 +5,8 @@
 //! as already applied, which is every new message, silently. So the projector checks at
 //! start-up and at every assignment, and refuses to run instead.
 
-use crate::store::{self, Subscription};
+use crate::batch::{self, Subscription};
+use crate::kafka::topic_partitions;
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use sqlx::PgPool;
 use std::collections::BTreeMap;
@@ -97,18 +98,11 @@ pub async fn check_at_start<C: ConsumerContext>(
 ) -> Result<(), OffsetsAhead> {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let partitions: Result<Vec<i32>, String> = consumer
-            .fetch_metadata(Some(&subscription.topic), WATERMARKS)
-            .map_err(|e| e.to_string())
-            .map(|metadata| {
-                (metadata.topics().iter())
-                    .filter(|t| t.name() == subscription.topic && t.error().is_none())
-                    .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                    .collect()
-            });
+        let partitions =
+            topic_partitions(consumer, &subscription.topic, WATERMARKS).map_err(|e| e.to_string());
         let stored = match partitions {
             Ok(partitions) => match pool.acquire().await {
-                Ok(mut conn) => store::stored_offsets(&mut conn, subscription, &partitions)
+                Ok(mut conn) => batch::stored_offsets(&mut conn, subscription, &partitions)
                     .await
                     .map(|stored| (partitions, stored))
                     .map_err(|e| e.to_string()),

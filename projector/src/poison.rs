@@ -4,7 +4,7 @@
 //! text that goes into a record is first made storable here; the raw bytes go into `bytea`
 //! columns, which hold anything.
 
-use crate::projection::PoisonMessage;
+use crate::plan::PoisonMessage;
 use sqlx::PgConnection;
 use uuid::Uuid;
 

@@ -1,475 +1,78 @@
-//! The pure part of the projector: given the read model's current rows for the deliveries in a
-//! batch and the batch's messages in offset order, work out every write the batch causes.
-//! No IO here, so every rule (duplicates, gaps, counts) is unit-tested without a database.
+//! A projection: a named set of query tables, the SQL that creates them, and how a planned
+//! batch writes them, live or in a rebuild's replay. The built-in ones are `deliveries`,
+//! `history` and `counts`; the [`Catalog`](crate::catalog::Catalog) lists them. A new
+//! projection is one more implementation of [`Projection`] and its SQL.
 
-use chrono::{DateTime, Utc};
-use domain::{Delivery, DeliveryId, DeliveryState, Event, EventEnvelope, RiderId, Status};
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
-use uuid::Uuid;
+mod counts;
+mod deliveries;
+mod history;
 
-/// One Kafka message as read, before decoding.
-#[derive(Debug, Clone)]
-pub struct Incoming {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-}
+pub use async_trait::async_trait;
+pub use counts::Counts;
+pub use deliveries::{DELIVERY_COLUMNS, Deliveries};
+pub use history::{HISTORY_COLUMNS, History};
 
-/// The query tables' rows are the read model's contract with the query API.
-pub use platform::read_model::{DeliveryRow, HistoryRow};
+use crate::plan::Plan;
+use domain::DeliveryId;
+use sqlx::PgConnection;
+use std::collections::HashSet;
+use std::fmt;
 
-/// An event that arrived ahead of a missing version of its delivery (a row of `parked_events`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ParkedEvent {
-    pub delivery_id: Uuid,
-    pub version: i64,
-    /// The version the read model had when this one arrived.
-    pub applied_version: i64,
-    pub envelope: EventEnvelope,
-    pub kafka_partition: i32,
-    pub kafka_offset: i64,
-}
+/// One projection. Every statement names its tables unqualified: the batch sets the
+/// `search_path` to the schema being written (`public`, or a rebuild's own).
+#[async_trait]
+pub trait Projection: Send + Sync {
+    /// Its name in the `projections` table and on the command line.
+    fn name(&self) -> &'static str;
+    /// One line for `--help` and error messages.
+    fn about(&self) -> &'static str;
+    /// The tables it owns, as its DDL creates them.
+    fn tables(&self) -> &'static [&'static str];
+    /// Creates the tables, unqualified: run with `search_path` set to the target schema.
+    fn ddl(&self) -> &'static str;
+    /// Creates the indexes its own writes do not need. A rebuild runs it once its replay has
+    /// caught up: one sort per index is much cheaper than row-by-row upkeep.
+    fn indexes(&self) -> &'static str;
 
-/// A message that can never be applied (a row of `poison_messages`), as read: the key and
-/// payload are raw bytes, whatever they hold. `poison::Record` makes them storable.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PoisonMessage {
-    pub kafka_partition: i32,
-    pub kafka_offset: i64,
-    pub message_key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    pub error: String,
-    /// The delivery it belongs to, when known (its envelope decoded, or its key is a UUID):
-    /// that delivery's later events wait behind it.
-    pub delivery_id: Option<Uuid>,
-    /// Its version, when its envelope decoded.
-    pub version: Option<i64>,
-}
+    /// Whether every batch writes it, whether or not `projections` lists it: true only for
+    /// the state every other projection is computed from (`deliveries`), so a rebuild of any
+    /// projection builds a working copy of it too.
+    fn always_written(&self) -> bool {
+        false
+    }
 
-/// How one rider's counters change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RiderChange {
-    pub active: i32,
-    pub completed: i32,
-    pub last_event_at: Option<DateTime<Utc>>,
-}
+    /// Writes a planned batch into tables others may write too (the live tables): upserts
+    /// guarded by version, or changes the plan makes exact.
+    async fn write(
+        &self,
+        conn: &mut PgConnection,
+        batch: &PlannedBatch<'_>,
+    ) -> Result<(), sqlx::Error>;
 
-/// Everything a batch writes. Applying a plan twice is harmless only because the store filters
-/// already-applied offsets and guards rows by version; the plan itself is exact.
-#[derive(Debug, Default)]
-pub struct Plan {
-    /// Final rows of the deliveries that changed.
-    pub deliveries: Vec<DeliveryRow>,
-    pub history: Vec<HistoryRow>,
-    pub parked: Vec<ParkedEvent>,
-    /// Parked events (delivery id, version) that were applied and leave the parking table.
-    pub unparked: Vec<(Uuid, i64)>,
-    pub poison: Vec<PoisonMessage>,
-    pub status_changes: BTreeMap<Status, i64>,
-    pub rider_changes: BTreeMap<RiderId, RiderChange>,
-    /// The next offset to read, per partition.
-    pub next_offsets: BTreeMap<i32, i64>,
-    /// Events already applied before (redeliveries), skipped.
-    pub duplicates: usize,
-}
-
-impl Plan {
-    pub fn applied(&self) -> usize {
-        self.history.len()
+    /// Writes a planned batch of a rebuild's replay. Its tables are written by the replay
+    /// alone, a partition's batches one after the other, and the plan applies each version
+    /// once: rows it adds cannot be there yet, so they may be bulk-loaded (COPY) without the
+    /// conflict checks of `write`. By default the same as `write`.
+    async fn load(
+        &self,
+        conn: &mut PgConnection,
+        batch: &PlannedBatch<'_>,
+    ) -> Result<(), sqlx::Error> {
+        self.write(conn, batch).await
     }
 }
 
-/// What the read model holds for the deliveries of a batch before it is applied.
-#[derive(Debug, Default)]
-pub struct Current {
-    pub rows: HashMap<DeliveryId, DeliveryRow>,
-    pub parked: Vec<ParkedEvent>,
-    /// Versions an operator declared skipped (`projector dlq skip`): the delivery moves past
-    /// them as if applied, without their change.
-    pub skipped: HashSet<(DeliveryId, i64)>,
-}
-
-/// A message decoded once: where it came from, and its envelope with the domain fact inside,
-/// or why it can never apply.
-pub struct Decoded {
-    partition: i32,
-    offset: i64,
-    fact: Result<(EventEnvelope, Event), PoisonMessage>,
-}
-
-impl Decoded {
-    /// Parses the payload once, checking the envelope, the type, the schema version and the
-    /// data, so a bad message becomes poison here and nothing later parses it again.
-    pub fn new(message: &Incoming) -> Self {
-        let fact = decode(message).map_err(|error| poison(message, error));
-        Self {
-            partition: message.partition,
-            offset: message.offset,
-            fact,
-        }
-    }
-
-    pub fn partition(&self) -> i32 {
-        self.partition
-    }
-
-    pub fn offset(&self) -> i64 {
-        self.offset
-    }
-
-    pub fn version(&self) -> Option<i64> {
-        match &self.fact {
-            Ok((envelope, _)) => Some(envelope.version),
-            Err(poison) => poison.version,
-        }
-    }
-
-    /// Whose event it is: from its envelope, or for poison, as far as it could be told.
-    pub fn delivery_id(&self) -> Option<DeliveryId> {
-        match &self.fact {
-            Ok((envelope, _)) => Some(envelope.delivery_id),
-            Err(poison) => poison.delivery_id.map(DeliveryId::from_uuid),
-        }
+impl fmt::Debug for dyn Projection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
-/// A decoded event and where it came from.
-struct Located {
-    envelope: EventEnvelope,
-    event: Event,
-    partition: i32,
-    offset: i64,
-}
-
-/// The running state of one delivery while a batch is planned.
-struct Tracked {
-    delivery: Delivery,
-    updated_at: Option<DateTime<Utc>>,
-    changed: bool,
-}
-
-/// Works out the writes for `messages` (in offset order within each partition).
-pub fn plan(current: Current, messages: Vec<Incoming>) -> Plan {
-    plan_decoded(current, messages.iter().map(Decoded::new).collect())
-}
-
-/// Works out the writes for already decoded messages (in offset order within each partition).
-pub fn plan_decoded(current: Current, messages: Vec<Decoded>) -> Plan {
-    let mut plan = Plan::default();
-    let mut tracked: HashMap<DeliveryId, Tracked> = current
-        .rows
-        .into_iter()
-        .map(|(id, row)| {
-            let tracked = Tracked {
-                delivery: Delivery {
-                    version: row.version,
-                    state: Some(row.state),
-                },
-                updated_at: Some(row.updated_at),
-                changed: false,
-            };
-            (id, tracked)
-        })
-        .collect();
-    // Parked events already stored, and those parked by this batch, by (delivery, version).
-    let mut waiting: HashMap<(DeliveryId, i64), (Located, bool)> = current
-        .parked
-        .into_iter()
-        .filter_map(|parked| {
-            // It decoded when it was parked; a build that cannot decode it leaves it parked.
-            let event = parked.envelope.decode().ok()?;
-            let located = Located {
-                partition: parked.kafka_partition,
-                offset: parked.kafka_offset,
-                envelope: parked.envelope,
-                event,
-            };
-            Some((
-                (located.envelope.delivery_id, located.envelope.version),
-                (located, true),
-            ))
-        })
-        .collect();
-
-    // Deliveries whose next version was skipped, or whose parked events are next in line (after
-    // a skip or a retry), move on before anything new arrives.
-    let mut ready: Vec<DeliveryId> = tracked.keys().copied().collect();
-    ready.extend(waiting.keys().map(|(id, _)| *id));
-    ready.sort_unstable();
-    ready.dedup();
-    for id in ready {
-        let entry = tracked.entry(id).or_insert_with(Tracked::new);
-        settle(&mut plan, entry, id, &mut waiting, &current.skipped);
-    }
-
-    for message in messages {
-        plan.next_offsets
-            .entry(message.partition)
-            .and_modify(|next| *next = (*next).max(message.offset + 1))
-            .or_insert(message.offset + 1);
-        let (envelope, event) = match message.fact {
-            Ok(fact) => fact,
-            Err(poison) => {
-                // A version the delivery is already past (applied, or skipped by an operator)
-                // is a redelivery, however it reads now: nothing waits on it.
-                if let (Some(id), Some(version)) = (poison.delivery_id, poison.version) {
-                    let id = DeliveryId::from_uuid(id);
-                    let entry = tracked.entry(id).or_insert_with(Tracked::new);
-                    settle(&mut plan, entry, id, &mut waiting, &current.skipped);
-                    if version <= entry.delivery.version {
-                        plan.duplicates += 1;
-                        continue;
-                    }
-                }
-                plan.poison.push(poison);
-                continue;
-            }
-        };
-        let located = Located {
-            envelope,
-            event,
-            partition: message.partition,
-            offset: message.offset,
-        };
-        let id = located.envelope.delivery_id;
-        let entry = tracked.entry(id).or_insert_with(Tracked::new);
-        settle(&mut plan, entry, id, &mut waiting, &current.skipped);
-        let version = located.envelope.version;
-        if version <= entry.delivery.version {
-            plan.duplicates += 1;
-            continue;
-        }
-        if version > entry.delivery.version + 1 {
-            tracing::warn!(
-                delivery_id = %id, version, applied_version = entry.delivery.version,
-                "version gap: parking the event until the missing versions arrive"
-            );
-            waiting.entry((id, version)).or_insert((located, false));
-            continue;
-        }
-        apply(&mut plan, entry, located);
-        // The event may close a gap: apply whatever was waiting for it, in version order.
-        settle(&mut plan, entry, id, &mut waiting, &current.skipped);
-    }
-
-    for ((_, _), (located, stored)) in waiting {
-        if stored {
-            continue;
-        }
-        let applied_version = tracked
-            .get(&located.envelope.delivery_id)
-            .map_or(0, |t| t.delivery.version);
-        plan.parked.push(ParkedEvent {
-            delivery_id: located.envelope.delivery_id.as_uuid(),
-            version: located.envelope.version,
-            applied_version,
-            envelope: located.envelope,
-            kafka_partition: located.partition,
-            kafka_offset: located.offset,
-        });
-    }
-    plan.parked
-        .sort_by_key(|parked| (parked.delivery_id, parked.version));
-
-    let mut rows: Vec<DeliveryRow> = tracked
-        .into_values()
-        .filter(|t| t.changed)
-        .filter_map(|t| {
-            Some(DeliveryRow {
-                state: t.delivery.state?,
-                version: t.delivery.version,
-                updated_at: t.updated_at?,
-            })
-        })
-        .collect();
-    // A stable order keeps row locks in one order across concurrent writers.
-    rows.sort_by_key(|row| row.state.delivery_id);
-    plan.deliveries = rows;
-    plan.status_changes.retain(|_, change| *change != 0);
-    plan
-}
-
-impl Tracked {
-    fn new() -> Self {
-        Tracked {
-            delivery: Delivery::default(),
-            updated_at: None,
-            changed: false,
-        }
-    }
-}
-
-/// Moves a delivery on as far as it can: past versions declared skipped, and through parked
-/// events that are next in line, in version order.
-fn settle(
-    plan: &mut Plan,
-    entry: &mut Tracked,
-    id: DeliveryId,
-    waiting: &mut HashMap<(DeliveryId, i64), (Located, bool)>,
-    skipped: &HashSet<(DeliveryId, i64)>,
-) {
-    loop {
-        let next = entry.delivery.version + 1;
-        if skipped.contains(&(id, next)) {
-            entry.delivery.version = next;
-            continue;
-        }
-        let Some((event, stored)) = waiting.remove(&(id, next)) else {
-            return;
-        };
-        if stored {
-            plan.unparked.push((id.as_uuid(), next));
-        }
-        let before = entry.delivery.version;
-        apply(plan, entry, event);
-        if entry.delivery.version == before {
-            // It could not apply (now poison): its successors keep waiting behind it.
-            return;
-        }
-    }
-}
-
-fn decode(message: &Incoming) -> Result<(EventEnvelope, Event), String> {
-    let payload = message
-        .payload
-        .as_deref()
-        .ok_or_else(|| "message has no payload".to_owned())?;
-    let envelope = EventEnvelope::from_json(payload).map_err(|e| e.to_string())?;
-    let event = envelope.decode().map_err(|e| e.to_string())?;
-    if envelope.version < 1 {
-        return Err(format!("version {} is not positive", envelope.version));
-    }
-    Ok((envelope, event))
-}
-
-fn poison(message: &Incoming, error: String) -> PoisonMessage {
-    tracing::warn!(
-        partition = message.partition, offset = message.offset, %error,
-        "poison message: recorded and skipped"
-    );
-    let envelope = (message.payload.as_deref()).and_then(|p| EventEnvelope::from_json(p).ok());
-    PoisonMessage {
-        kafka_partition: message.partition,
-        kafka_offset: message.offset,
-        message_key: message.key.clone(),
-        payload: message.payload.clone(),
-        error,
-        // An envelope this build cannot apply (a newer schema, say) still says whose event it
-        // is and which version; failing that, the key is the delivery id, by contract. Either
-        // way its delivery's later events are seen waiting behind it.
-        delivery_id: (envelope.as_ref().map(|e| e.delivery_id.as_uuid()))
-            .or_else(|| key_delivery(message.key.as_deref())),
-        version: envelope.map(|e| e.version),
-    }
-}
-
-/// The delivery id a message key names, if it is one.
-pub fn key_delivery(key: Option<&[u8]>) -> Option<Uuid> {
-    let text = std::str::from_utf8(key?).ok()?;
-    Uuid::parse_str(text).ok()
-}
-
-/// Folds the next version into the delivery with the domain's own `evolve`, and records the
-/// history row and the counter changes it causes.
-fn apply(plan: &mut Plan, tracked: &mut Tracked, located: Located) {
-    let Located {
-        envelope,
-        event,
-        partition,
-        offset,
-    } = located;
-    let _span = tracing::debug_span!(
-        "event", partition, offset, delivery_id = %envelope.delivery_id,
-        event_type = %envelope.event_type, version = envelope.version
-    )
-    .entered();
-    let before = tracked.delivery.clone();
-    let evolved = match std::mem::take(&mut tracked.delivery).evolve(&event) {
-        Ok(evolved) => evolved,
-        Err(error) => {
-            // A history the domain says cannot have happened: keep it for a person, and leave
-            // the delivery where it was (its later events will wait as parked).
-            tracked.delivery = before;
-            plan.poison.push(poison_envelope(
-                &envelope,
-                partition,
-                offset,
-                error.to_string(),
-            ));
-            return;
-        }
-    };
-    let Some(after) = evolved.state.as_ref() else {
-        tracked.delivery = before;
-        return;
-    };
-    let occurred_at = envelope.occurred_at;
-    count_changes(plan, before.state.as_ref(), after, occurred_at);
-    plan.history
-        .push(HistoryRow::from_owned(envelope, partition, offset));
-    tracked.delivery = evolved;
-    tracked.updated_at = Some(occurred_at);
-    tracked.changed = true;
-}
-
-fn poison_envelope(
-    envelope: &EventEnvelope,
-    partition: i32,
-    offset: i64,
-    error: String,
-) -> PoisonMessage {
-    tracing::warn!(partition, offset, %error, "event cannot be applied: recorded as poison");
-    PoisonMessage {
-        kafka_partition: partition,
-        kafka_offset: offset,
-        message_key: Some(envelope.delivery_id.to_string().into_bytes()),
-        payload: Some(envelope.to_json()),
-        error,
-        delivery_id: Some(envelope.delivery_id.as_uuid()),
-        version: Some(envelope.version),
-    }
-}
-
-/// The rider who is working on the delivery, if any.
-fn active_rider(state: &DeliveryState) -> Option<&RiderId> {
-    match state.status {
-        Status::RiderAssigned | Status::PickedUp => state.rider_id.as_ref(),
-        _ => None,
-    }
-}
-
-fn count_changes(
-    plan: &mut Plan,
-    before: Option<&DeliveryState>,
-    after: &DeliveryState,
-    at: DateTime<Utc>,
-) {
-    if let Some(before) = before {
-        *plan.status_changes.entry(before.status).or_default() -= 1;
-    }
-    *plan.status_changes.entry(after.status).or_default() += 1;
-
-    let was = before.and_then(active_rider);
-    let is = active_rider(after);
-    let mut touch = |rider: &RiderId, active: i32, completed: i32| {
-        let change = plan.rider_changes.entry(rider.clone()).or_default();
-        change.active += active;
-        change.completed += completed;
-        change.last_event_at = Some(change.last_event_at.map_or(at, |t| t.max(at)));
-    };
-    if was != is {
-        if let Some(rider) = was {
-            touch(rider, -1, 0);
-        }
-        if let Some(rider) = is {
-            touch(rider, 1, 0);
-        }
-    }
-    let completed_now =
-        after.status == Status::Completed && before.is_none_or(|b| b.status != Status::Completed);
-    if completed_now && let Some(rider) = after.rider_id.as_ref() {
-        touch(rider, 0, 1);
-    }
+/// A planned batch as each projection's writer sees it.
+pub struct PlannedBatch<'a> {
+    pub plan: &'a Plan,
+    /// The topic its messages were read from (poison records name it).
+    pub topic: &'a str,
+    /// In a replay, the deliveries the staging tables held before this batch; empty live.
+    pub already_staged: &'a HashSet<DeliveryId>,
 }

@@ -10,7 +10,7 @@ use common::*;
 use domain::EventEnvelope;
 use e2e::{Broker, FreshDatabase, tamper};
 use projector::audit::{self, AuditConfig, Check, Report, TopicIndex};
-use projector::projection::Incoming;
+use projector::plan::Incoming;
 use projector::{Subscription, apply_batch};
 use sqlx::PgPool;
 use std::time::Duration;

@@ -9,8 +9,8 @@ use domain::EventEnvelope;
 use projector::cli::{self, Cli};
 use projector::dlq::{self, Action, DlqError, Selection, Skip, StuckKind};
 use projector::failure::apply_with_retry;
-use projector::projection::Incoming;
-use projector::{Subscription, Target, apply_batch};
+use projector::plan::Incoming;
+use projector::{Destination, Subscription, apply_batch};
 use sqlx::PgPool;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -277,7 +277,7 @@ async fn refused_version_two(pool: &PgPool) {
     ];
     let applied = apply_with_retry(
         pool,
-        &Target::Live,
+        &Destination::LIVE,
         &subscription(),
         &messages,
         &CancellationToken::new(),

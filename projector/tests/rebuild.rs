@@ -117,7 +117,7 @@ impl Setup {
         LiveProjector { shutdown, task }
     }
 
-    fn config(&self, projections: &[&'static Projection]) -> RebuildConfig {
+    fn config(&self, projections: &[&'static dyn Projection]) -> RebuildConfig {
         RebuildConfig {
             brokers: self.broker.address.clone(),
             topic: TOPIC.into(),
@@ -236,7 +236,7 @@ impl Setup {
     async fn table_shapes(&self) -> Value {
         let tables: Vec<&str> = catalog::ALL
             .iter()
-            .flat_map(|p| p.tables.iter().copied())
+            .flat_map(|p| p.tables().iter().copied())
             .collect();
         sqlx::query_scalar(
             "select jsonb_build_object(
@@ -367,7 +367,7 @@ async fn a_rebuild_stops_at_the_position_of_a_lagging_live_projector(pool: PgPoo
 
     // Counts switched in past the live position would count those events again when the live
     // projector applies them (its `deliveries` rows are behind): they must stop exactly there.
-    setup.rebuild(&setup.config(&[&catalog::COUNTS])).await;
+    setup.rebuild(&setup.config(&[catalog::COUNTS])).await;
     assert_eq!(setup.counts().await, expected_counts(40));
 
     let live = setup.live_projector();
@@ -390,7 +390,7 @@ async fn rebuilding_the_counts_replaces_only_the_counts(pool: PgPool) {
         ))
         .await;
 
-    let mut config = setup.config(&[&catalog::COUNTS]);
+    let mut config = setup.config(&[catalog::COUNTS]);
     config.keep_old = true;
     let report = setup.rebuild(&config).await;
 
@@ -433,7 +433,7 @@ async fn a_projection_the_read_model_never_had_is_built_from_the_first_event(poo
     setup.live_applied(5 * 10).await;
     assert!(!setup.exists("public.status_counts").await);
 
-    setup.rebuild(&setup.config(&[&catalog::COUNTS])).await;
+    setup.rebuild(&setup.config(&[catalog::COUNTS])).await;
     assert_eq!(setup.counts().await, expected_counts(20));
 
     // From the switch on, the live projector keeps the new projection current.
@@ -495,7 +495,7 @@ async fn a_rebuild_interrupted_after_building_its_indexes_resumes_without_buildi
         group: LIVE_GROUP.into(),
         topic: TOPIC.into(),
     };
-    projector::store::lock_partitions(&mut holder, &live_offsets, &[0, 1, 2])
+    projector::batch::lock_partitions(&mut holder, &live_offsets, &[0, 1, 2])
         .await
         .expect("live partitions locked");
     let config = setup.config(&catalog::ALL);
@@ -546,7 +546,7 @@ async fn a_second_rebuild_of_the_same_projection_is_refused(pool: PgPool) {
             .await;
         let refused = rebuild(
             &setup.pool,
-            &setup.config(&[&catalog::COUNTS]),
+            &setup.config(&[catalog::COUNTS]),
             &CancellationToken::new(),
         )
         .await;
@@ -560,7 +560,7 @@ async fn a_second_rebuild_of_the_same_projection_is_refused(pool: PgPool) {
     );
     assert!(!first.expect("the first rebuild runs").switched);
     // Once the first has stopped, the same projection can be rebuilt.
-    setup.rebuild(&setup.config(&[&catalog::COUNTS])).await;
+    setup.rebuild(&setup.config(&[catalog::COUNTS])).await;
     assert_eq!(setup.counts().await, expected_counts(100));
 }
 
@@ -633,7 +633,7 @@ async fn a_partition_count_changed_during_a_rebuild_stops_it_before_the_switch(p
         group: LIVE_GROUP.into(),
         topic: TOPIC.into(),
     };
-    projector::store::lock_partitions(&mut holder, &live_offsets, &[0, 1, 2])
+    projector::batch::lock_partitions(&mut holder, &live_offsets, &[0, 1, 2])
         .await
         .expect("live partitions locked");
     let config = setup.config(&catalog::ALL);

@@ -2,9 +2,9 @@
 //! events planned and written like a batch (but moving no offset), and the audit record.
 
 use super::Action;
-use crate::catalog::Writes;
-use crate::projection::{self, Decoded, DeliveryRow, Incoming};
-use crate::store::{self, Subscription};
+use crate::batch::{self, Subscription};
+use crate::catalog::Catalog;
+use crate::plan::{self, Decoded, Incoming};
 use serde::Serialize;
 use sqlx::PgConnection;
 use sqlx::types::Json;
@@ -72,7 +72,7 @@ pub(super) async fn pause_live(
     .bind(&subscription.topic)
     .fetch_all(&mut *tx)
     .await?;
-    store::lock_partitions(tx, subscription, &partitions).await
+    batch::lock_partitions(tx, subscription, &partitions).await
 }
 
 pub(super) fn ids(unit: Unit) -> (Option<Uuid>, Option<(i32, i64)>) {
@@ -90,19 +90,12 @@ pub(super) async fn apply(
     ids: &[Uuid],
     messages: Vec<Incoming>,
 ) -> Result<usize, sqlx::Error> {
-    let writes = Writes::of(
-        sqlx::query_scalar::<_, String>("select name from projections")
-            .fetch_all(&mut *tx)
-            .await?
-            .iter()
-            .map(String::as_str),
-    );
+    let projections = batch::live_projections(tx, &Catalog::BUILT_IN).await?;
     let retried: Vec<(i32, i64)> = messages.iter().map(|m| (m.partition, m.offset)).collect();
-    let current = store::load_current(tx, ids).await?;
-    let mut plan = projection::plan_decoded(current, messages.iter().map(Decoded::new).collect());
+    let current = batch::load_current(tx, ids).await?;
+    let mut plan = plan::plan_decoded(current, messages.iter().map(Decoded::new).collect());
     plan.next_offsets.clear();
-    let rows: Vec<&DeliveryRow> = plan.deliveries.iter().collect();
-    store::write(tx, subscription, writes, &plan, &rows).await?;
+    batch::write_live(tx, subscription, &projections, &plan).await?;
     let failing: HashSet<(i32, i64)> = (plan.poison.iter())
         .map(|p| (p.kafka_partition, p.kafka_offset))
         .collect();
@@ -119,11 +112,7 @@ pub(super) async fn apply(
     .bind(&offsets)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("select pg_notify($1, payload) from unnest($2::text[]) as payload")
-        .bind(platform::read_model::CHANNEL)
-        .bind(store::notifications(&plan))
-        .execute(&mut *tx)
-        .await?;
+    batch::notify_waiters(tx, &plan).await?;
     Ok(plan.applied())
 }
 

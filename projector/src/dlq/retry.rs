@@ -2,10 +2,10 @@
 
 use super::apply::{Outcome, Unit, apply, ids, outcome, pause_live, record};
 use super::{Action, DlqError, Selection};
+use crate::batch::Subscription;
 use crate::failure::{Failure, classify};
+use crate::plan::{Decoded, Incoming};
 use crate::poison::{MAX_ERROR_BYTES, storable_text};
-use crate::projection::{Decoded, Incoming};
-use crate::store::Subscription;
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;

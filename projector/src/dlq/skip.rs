@@ -3,7 +3,7 @@
 
 use super::apply::{self, Outcome, Unit, apply, ids, pause_live, record};
 use super::{Action, DlqError, Skip};
-use crate::store::{self, Subscription};
+use crate::batch::{self, Subscription};
 use domain::DeliveryId;
 use serde_json::json;
 use sqlx::PgPool;
@@ -42,7 +42,7 @@ pub async fn skip(
     pause_live(&mut tx, subscription).await?;
     let (unit, version, removed) = match what {
         Skip::Delivery(id) => {
-            let current = store::load_current(&mut tx, &[id]).await?;
+            let current = batch::load_current(&mut tx, &[id]).await?;
             let delivery = DeliveryId::from_uuid(id);
             let mut next = current.rows.get(&delivery).map_or(0, |row| row.version) + 1;
             while current.skipped.contains(&(delivery, next)) {

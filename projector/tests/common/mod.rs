@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use domain::{DeliveryEvent, DeliveryId, EventEnvelope};
-use projector::projection::{Current, Incoming, plan};
+use projector::plan::{Current, Incoming, plan};
 
 /// The shared kit's ids, times, events and envelopes.
 pub use domain::fixtures::*;

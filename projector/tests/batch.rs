@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use projector::projection::Incoming;
+use projector::plan::Incoming;
 use projector::{Subscription, apply_batch};
 use sqlx::PgPool;
 

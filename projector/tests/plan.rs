@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use domain::Status;
-use projector::projection::{Current, Incoming, RiderChange, plan};
+use projector::plan::{Current, Incoming, RiderChange, plan};
 use std::collections::BTreeMap;
 
 #[test]
@@ -230,7 +230,7 @@ fn notifications_name_every_changed_delivery_within_the_payload_limit() {
         .map(|n| message(n as i64, &envelope(id(n), 1, created())))
         .collect();
     let plan = plan(Current::default(), messages);
-    let payloads = projector::store::notifications(&plan);
+    let payloads = projector::batch::notifications(&plan);
     assert!(
         payloads.len() > 1,
         "400 deliveries need more than one payload"
@@ -253,5 +253,5 @@ fn notifications_name_every_changed_delivery_within_the_payload_limit() {
 fn a_batch_that_moved_no_delivery_still_says_something_moved() {
     let events = stream(id(1), vec![created()]);
     let plan = plan(projected(events.clone()), events);
-    assert_eq!(projector::store::notifications(&plan), [String::new()]);
+    assert_eq!(projector::batch::notifications(&plan), [String::new()]);
 }

@@ -1,0 +1,132 @@
+//! The projector's Kafka consumers, configured in one place. Three read the event topic: the
+//! live projector (a consumer group member), a rebuild's replay and the audit (both with
+//! assigned partitions, in no group). Every one keeps its own offsets, never librdkafka.
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use std::time::Duration;
+
+/// Which consumer, and so how it reads.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Purpose<'a> {
+    /// The live projector, a member of `group`.
+    Live { group: &'a str },
+    /// A rebuild's replay: the whole topic, as fast as the lanes take it.
+    Replay,
+    /// The audit: the whole topic once.
+    Audit,
+}
+
+/// The consumer configuration for `purpose`, on `brokers`.
+pub(crate) fn consumer_config(brokers: &str, purpose: Purpose<'_>) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    match purpose {
+        Purpose::Live { group } => config.set("group.id", group),
+        // librdkafka wants a group id for any consumer; with assigned partitions and no
+        // commits, the group is never joined.
+        Purpose::Replay => config.set("group.id", "projector-rebuild"),
+        Purpose::Audit => config.set("group.id", "delivery-audit"),
+    };
+    // Offsets are ours to store (the live projector's and a replay's in the read database,
+    // the audit's nowhere) and commit (after the database).
+    config
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    match purpose {
+        Purpose::Live { .. } => {
+            // A partition with no stored offset is read from its first event.
+            config
+                .set("auto.offset.reset", "earliest")
+                .set("session.timeout.ms", "10000")
+                // Fetches return as soon as data arrives on most brokers; a short cap bounds
+                // the latency on those that hold a fetch for its whole wait.
+                .set("fetch.wait.max.ms", "5");
+        }
+        Purpose::Replay => {
+            config
+                .set("fetch.wait.max.ms", "50")
+                // A partition whose queue was full is fetched again this soon once it has
+                // room (librdkafka's default waits 1 s: the lanes starved for a third of a
+                // replay).
+                .set("fetch.queue.backoff.ms", "5")
+                // Bounds prefetched messages (per partition, as each has its queue;
+                // librdkafka's default is 64 MiB) and the size of a fetch: memory stays flat
+                // however long the topic.
+                .set("queued.max.messages.kbytes", "4096")
+                .set("fetch.max.bytes", "4194304")
+                .set("max.partition.fetch.bytes", "1048576");
+        }
+        Purpose::Audit => {}
+    }
+    config
+}
+
+/// The partitions of `topic`, as the broker's metadata lists them (blocking, up to
+/// `timeout`). Empty when the topic does not exist.
+pub(crate) fn topic_partitions<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<i32>, KafkaError> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    Ok((metadata.topics().iter())
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(config: &ClientConfig) -> Vec<(String, String)> {
+        (config.config_map().into_iter())
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut pairs: Vec<(String, String)> = (expected.iter())
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        pairs.sort();
+        pairs
+    }
+
+    #[test]
+    fn each_purpose_gets_exactly_its_settings() {
+        let common = [
+            ("bootstrap.servers", "b:9092"),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+        ];
+        let live = consumer_config("b:9092", Purpose::Live { group: "g" });
+        let mut expected = common.to_vec();
+        expected.extend([
+            ("group.id", "g"),
+            ("auto.offset.reset", "earliest"),
+            ("session.timeout.ms", "10000"),
+            ("fetch.wait.max.ms", "5"),
+        ]);
+        assert_eq!(settings(&live), pairs(&expected));
+
+        let replay = consumer_config("b:9092", Purpose::Replay);
+        let mut expected = common.to_vec();
+        expected.extend([
+            ("group.id", "projector-rebuild"),
+            ("fetch.wait.max.ms", "50"),
+            ("fetch.queue.backoff.ms", "5"),
+            ("queued.max.messages.kbytes", "4096"),
+            ("fetch.max.bytes", "4194304"),
+            ("max.partition.fetch.bytes", "1048576"),
+        ]);
+        assert_eq!(settings(&replay), pairs(&expected));
+
+        let audit = consumer_config("b:9092", Purpose::Audit);
+        let mut expected = common.to_vec();
+        expected.push(("group.id", "delivery-audit"));
+        assert_eq!(settings(&audit), pairs(&expected));
+    }
+}
