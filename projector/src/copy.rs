@@ -14,6 +14,9 @@ use uuid::Uuid;
 pub struct CopyRows {
     buf: Vec<u8>,
     rows: usize,
+    /// A value longer than the format can say (2 GiB; Postgres itself takes 1 GiB): `finish`
+    /// refuses the stream rather than send a wrong length.
+    oversize: bool,
 }
 
 impl Default for CopyRows {
@@ -28,7 +31,11 @@ impl CopyRows {
         buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
         buf.extend_from_slice(&0i32.to_be_bytes()); // flags: no OIDs
         buf.extend_from_slice(&0i32.to_be_bytes()); // no header extension
-        Self { buf, rows: 0 }
+        Self {
+            buf,
+            rows: 0,
+            oversize: false,
+        }
     }
 
     /// Starts a row of `columns` values; exactly that many must follow.
@@ -43,10 +50,18 @@ impl CopyRows {
     }
 
     fn value(&mut self, bytes: &[u8]) -> &mut Self {
-        let len = i32::try_from(bytes.len()).unwrap_or(i32::MAX);
+        let len = self.length(bytes.len());
         self.buf.extend_from_slice(&len.to_be_bytes());
         self.buf.extend_from_slice(bytes);
         self
+    }
+
+    /// `len` as the format's 32-bit length, noting a value too long to send.
+    fn length(&mut self, len: usize) -> i32 {
+        i32::try_from(len).unwrap_or_else(|_| {
+            self.oversize = true;
+            -1
+        })
     }
 
     pub fn null(&mut self) -> &mut Self {
@@ -78,9 +93,10 @@ impl CopyRows {
     }
 
     pub fn timestamptz(&mut self, value: DateTime<Utc>) -> &mut Self {
+        // chrono's whole range (about 262,000 years either way) fits in i64 microseconds.
         let micros = (value - postgres_epoch())
             .num_microseconds()
-            .unwrap_or(i64::MAX);
+            .expect("any chrono time is within i64 microseconds of 2000");
         self.int8(micros)
     }
 
@@ -97,15 +113,20 @@ impl CopyRows {
         self.buf.extend_from_slice(&0i32.to_be_bytes());
         self.buf.push(1);
         serde_json::to_writer(&mut self.buf, value)?;
-        let len = i32::try_from(self.buf.len() - at - 4).unwrap_or(i32::MAX);
+        let len = self.length(self.buf.len() - at - 4);
         self.buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
         Ok(self)
     }
 
-    /// The stream with its trailer, ready to send.
-    pub fn finish(mut self) -> Vec<u8> {
+    /// The stream with its trailer, ready to send; an error if a value was too long.
+    pub fn finish(mut self) -> Result<Vec<u8>, sqlx::Error> {
+        if self.oversize {
+            return Err(sqlx::Error::Encode(
+                "a value is too long for a binary COPY field".into(),
+            ));
+        }
         self.buf.extend_from_slice(&(-1i16).to_be_bytes());
-        self.buf
+        Ok(self.buf)
     }
 }
 
@@ -116,7 +137,7 @@ pub(crate) async fn send_copy(
     rows: CopyRows,
 ) -> Result<(), sqlx::Error> {
     let mut copy = conn.copy_in_raw(statement).await?;
-    copy.send(rows.finish()).await?;
+    copy.send(rows.finish()?).await?;
     copy.finish().await?;
     Ok(())
 }
@@ -129,7 +150,7 @@ pub(crate) fn encode_error(error: serde_json::Error) -> sqlx::Error {
 fn postgres_epoch() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2000, 1, 1, 0, 0, 0)
         .single()
-        .unwrap_or_default()
+        .expect("2000-01-01 00:00 UTC exists")
 }
 
 #[cfg(test)]
@@ -141,7 +162,7 @@ mod tests {
         let mut rows = CopyRows::new();
         rows.row(2).int4(7).null();
         assert_eq!(rows.rows(), 1);
-        let bytes = rows.finish();
+        let bytes = rows.finish().expect("no oversize value");
         let mut expected = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0".to_vec();
         expected.extend_from_slice(&[0, 2, 0, 0, 0, 4, 0, 0, 0, 7, 0xff, 0xff, 0xff, 0xff]);
         expected.extend_from_slice(&[0xff, 0xff]);
@@ -157,7 +178,7 @@ mod tests {
             .expect("a valid time")
             + chrono::Duration::nanoseconds(1_999);
         rows.timestamptz(at);
-        let bytes = rows.finish();
+        let bytes = rows.finish().expect("no oversize value");
         let value = &bytes[19..19 + 12];
         assert_eq!(&value[..4], &8i32.to_be_bytes());
         assert_eq!(&value[4..], &1_000_001i64.to_be_bytes());
@@ -168,7 +189,7 @@ mod tests {
         let mut rows = CopyRows::new();
         rows.jsonb(&serde_json::json!({"a": 1}))
             .expect("serializable");
-        let bytes = rows.finish();
+        let bytes = rows.finish().expect("no oversize value");
         let value = &bytes[19..bytes.len() - 2];
         assert_eq!(&value[..4], &8i32.to_be_bytes());
         assert_eq!(&value[4..], b"\x01{\"a\":1}");

@@ -171,13 +171,17 @@ fn fold(stored: &[EventEnvelope]) -> Result<Option<DeliveryRow>, (Option<i64>, S
 /// The fields in which two values differ, with both values, as `field (a: x, b: y), ...`;
 /// empty when they agree. Compared as serialized, so every field is seen.
 pub(super) fn differences<T: Serialize>(a: &T, b: &T, labels: (&str, &str)) -> String {
-    let (Ok(Value::Object(a)), Ok(Value::Object(b))) =
-        (serde_json::to_value(a), serde_json::to_value(b))
-    else {
-        return "cannot be compared".to_owned();
+    let (left, right) = labels;
+    let (Value::Object(a), Value::Object(b)) = (as_json(a), as_json(b)) else {
+        // Not rows with fields: the whole values are the difference.
+        let (a, b) = (as_json(a), as_json(b));
+        return if a == b {
+            String::new()
+        } else {
+            format!("value ({left}: {a}, {right}: {b})")
+        };
     };
     let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-    let (left, right) = labels;
     keys.into_iter()
         .filter_map(|key| {
             let x = a.get(key).unwrap_or(&Value::Null);
@@ -186,4 +190,14 @@ pub(super) fn differences<T: Serialize>(a: &T, b: &T, labels: (&str, &str)) -> S
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A row as JSON. The rows compared are structs of plain fields with string keys, which
+/// serde_json always serializes.
+#[expect(
+    clippy::unwrap_used,
+    reason = "a struct of plain fields always serializes"
+)]
+fn as_json<T: Serialize>(row: &T) -> Value {
+    serde_json::to_value(row).unwrap()
 }
