@@ -380,10 +380,12 @@ fn the_topic_never_deletes_an_event() {
     assert_eq!(value_after("--partitions"), ["6"]);
     assert_eq!(value_after("--replication-factor"), ["3"]);
     let configs = value_after("--config");
-    // The projector's rebuild replays the topic from its first event.
+    // The projector's rebuild replays the topic from its first event; compaction would keep
+    // only the last event of each delivery.
     for setting in [
         "retention.ms=-1",
         "retention.bytes=-1",
+        "cleanup.policy=delete",
         "min.insync.replicas=2",
     ] {
         assert!(
