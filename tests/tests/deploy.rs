@@ -100,28 +100,37 @@ fn depends_on(service: &Mapping, on: &str) -> Option<String> {
         .map(text)
 }
 
-/// Where cargo put this test's executable's sibling binaries (`target/debug`), built fresh.
+/// The platform's binaries, built fresh beside this test's executable (`target/<profile>`).
 ///
 /// A dependency on a package does not build its binaries for an integration test, and
 /// `CARGO_BIN_EXE_*` only names the test's own package's binaries. So the test asks cargo to
-/// build them: a no-op when they are current, and never a stale `--help` checked by mistake.
+/// build them, into the target dir and profile it runs from: a no-op when they are current, and
+/// never a stale `--help` checked by mistake. (Cargo holds no build lock while tests run.)
 fn fresh_binaries() -> PathBuf {
-    let mut build = Command::new(env!("CARGO"));
-    build
-        .current_dir(workspace_root())
-        .args(["build", "--quiet", "--bins"]);
-    for package in PLATFORM_PACKAGES {
-        build.args(["-p", package]);
-    }
-    let status = build.status().expect("running cargo build");
-    assert!(status.success(), "building the platform's binaries failed");
     let exe = std::env::current_exe().expect("the test's executable");
-    // target/debug/deps/deploy-<hash> -> target/debug
+    // target/<profile>/deps/deploy-<hash> -> target/<profile>
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("the test runs from target/<profile>/deps")
         .to_path_buf();
+    let target_dir = dir.parent().expect("target/<profile> has a parent");
+    let profile = match dir.file_name().and_then(|name| name.to_str()) {
+        Some("debug") => "dev",
+        Some(profile) => profile,
+        None => panic!("no profile directory in {}", dir.display()),
+    };
+    let mut build = Command::new(env!("CARGO"));
+    build
+        .current_dir(workspace_root())
+        .args(["build", "--quiet", "--bins", "--profile", profile])
+        .arg("--target-dir")
+        .arg(target_dir);
+    for package in PLATFORM_PACKAGES {
+        build.args(["-p", package]);
+    }
+    let status = build.status().expect("running cargo build");
+    assert!(status.success(), "building the platform's binaries failed");
     for bin in ["migrate", "command-api", "projector", "query-api"] {
         assert!(
             dir.join(bin).is_file(),
