@@ -3,6 +3,8 @@
 //! then `evolve`/`replay` on true and impossible histories, then the event envelope.
 //!
 //! Times and ids are fixed, so every expectation is exact.
+//!
+//! (Long on purpose: one file holds every rule of `decide` as a sentence, so a missing one shows.)
 
 use chrono::{DateTime, Utc};
 use domain::fixtures::{

@@ -3,6 +3,8 @@
 //! them, the read model by the projector's own `apply_batch`). Then one kind of damage each,
 //! and the report names it. The topic is an in-memory `TopicIndex`, except in the last test,
 //! which reads a real broker.
+//!
+//! (Over 400 lines: one test per kind of damage the audit must name, with one shared set-up.)
 
 mod common;
 

@@ -1,5 +1,7 @@
 //! `projector dlq list | retry | skip` against a real read database (fresh per test), through
 //! the library functions the command line calls, and once through the command line itself.
+//!
+//! (Over 400 lines: every dlq action and its audit record, with one shared set-up.)
 
 mod common;
 

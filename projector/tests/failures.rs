@@ -1,6 +1,8 @@
 //! The live projector against a real broker and a fresh read database per test, when things
 //! go wrong: messages nothing can store, a read database that refuses a write or restarts,
 //! stored offsets past the end of a recreated topic. Nothing stops the read side but the last.
+//!
+//! (Just over 400 lines: each failure shares the broker and database set-up at the top.)
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! `rebuild` against a real broker and a fresh read database per test: the live projector
 //! builds the read model from the topic, the test damages it, and a rebuild must bring back
 //! exactly what the live projector had built, switching it in while the live projector runs.
+//!
+//! (Over 400 lines: every rebuild promise with one shared broker and database set-up.)
 
 mod common;
 
