@@ -11,7 +11,6 @@ use projector::catalog::{self, Catalog};
 use projector::projection::{PlannedBatch, Projection, async_trait};
 use projector::rebuild::{RebuildConfig, rebuild_with};
 use projector::{Destination, Progress, ProjectorConfig, Subscription, apply_batch_to};
-use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgConnection, PgPool};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -132,13 +131,7 @@ struct Setup {
 
 impl Setup {
     async fn new(pool: PgPool) -> Setup {
-        let broker = Broker::start_with(TOPIC, 2).await;
-        let publisher = broker.publisher(TOPIC);
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .connect_with((*pool.connect_options()).clone())
-            .await
-            .expect("pool");
+        let (broker, publisher, pool) = on_broker(&pool, TOPIC, 2, 8).await;
         Setup {
             broker,
             publisher,

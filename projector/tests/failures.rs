@@ -13,7 +13,6 @@ use projector::offsets::Ahead;
 use projector::{Progress, ProjectorConfig, ProjectorError};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use sqlx::postgres::PgPoolOptions;
 use sqlx::{ConnectOptions, PgPool};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -33,13 +32,7 @@ struct Setup {
 
 impl Setup {
     async fn new(pool: PgPool, partitions: u32) -> Setup {
-        let broker = Broker::start_with(TOPIC, partitions).await;
-        let publisher = broker.publisher(TOPIC);
-        let pool = PgPoolOptions::new()
-            .max_connections(6)
-            .connect_with((*pool.connect_options()).clone())
-            .await
-            .expect("pool");
+        let (broker, publisher, pool) = on_broker(&pool, TOPIC, partitions, 6).await;
         Setup {
             broker,
             publisher,

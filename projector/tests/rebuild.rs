@@ -18,7 +18,6 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::Value;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -79,14 +78,7 @@ struct Setup {
 
 impl Setup {
     async fn new(pool: PgPool) -> Setup {
-        let broker = Broker::start_with(TOPIC, 3).await;
-        let publisher = broker.publisher(TOPIC);
-        // Pools of their own: the live projector and the rebuild each hold connections.
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .connect_with((*pool.connect_options()).clone())
-            .await
-            .expect("pool");
+        let (broker, publisher, pool) = on_broker(&pool, TOPIC, 3, 8).await;
         Setup {
             broker,
             publisher,

@@ -2,7 +2,10 @@
 #![allow(dead_code)]
 
 use domain::{DeliveryEvent, DeliveryId, EventEnvelope};
+use e2e::{Broker, Publisher};
 use projector::plan::{Current, Incoming, plan};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 
 /// The shared kit's ids, times, events and envelopes.
 pub use domain::fixtures::*;
@@ -37,4 +40,22 @@ pub fn projected(messages: Vec<Incoming>) -> Current {
         parked: plan.parked,
         ..Current::default()
     }
+}
+
+/// A broker with `topic` of `partitions`, a publisher to it, and a pool of `connections` of its
+/// own on the test's database: the live projector and a rebuild each hold connections.
+pub async fn on_broker(
+    database: &PgPool,
+    topic: &str,
+    partitions: u32,
+    connections: u32,
+) -> (Broker, Publisher, PgPool) {
+    let broker = Broker::start_with(topic, partitions).await;
+    let publisher = broker.publisher(topic);
+    let pool = PgPoolOptions::new()
+        .max_connections(connections)
+        .connect_with((*database.connect_options()).clone())
+        .await
+        .expect("pool");
+    (broker, publisher, pool)
 }
