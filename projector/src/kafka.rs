@@ -77,6 +77,19 @@ pub(crate) fn topic_partitions<C: ConsumerContext>(
         .collect())
 }
 
+/// Drops `consumer` on a thread of its own that nobody waits for. rdkafka's drop of a consumer
+/// with a group id polls until librdkafka reports it closed, which has been seen never to
+/// happen (rust-rdkafka#509): a rebuild once hung at 0% CPU right after finding its topic
+/// recreated. That must hold up neither the caller nor its runtime.
+pub(crate) fn drop_detached<T: Send + 'static>(consumer: T) {
+    let closing = std::thread::Builder::new()
+        .name("kafka-consumer-drop".into())
+        .spawn(move || drop(consumer));
+    if let Err(error) = closing {
+        tracing::warn!(%error, "no thread to drop a Kafka consumer on: dropped here");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

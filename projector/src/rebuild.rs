@@ -333,11 +333,15 @@ pub async fn rebuild_with(
     };
     // Transactions still running commit or roll back whole; let them end before we report.
     let finished = replay.finish_running().await;
+    // The consumer goes last, once nothing else holds it, and on a thread of its own.
+    drop(readers);
+    drop(queues);
+    events.abort();
+    let _aborted = events.await;
+    kafka::drop_detached(consumer);
     let switched = outcome?;
     finished?;
     meter.finish();
-    drop(readers);
-    drop(events);
     lock.close().await?;
     let report = RebuildReport {
         projections: names,

@@ -664,7 +664,13 @@ async fn a_partition_count_changed_during_a_rebuild_stops_it_before_the_switch(p
         holder.rollback().await.expect("locks released");
     };
     let never = CancellationToken::new();
-    let (outcome, ()) = tokio::join!(rebuild(&setup.pool, &config, &never), add_partition);
+    // A stuck rebuild (it once hung dropping its consumer after the topic was recreated) must
+    // fail this test, not stall the whole run.
+    let (outcome, ()) = tokio::time::timeout(Duration::from_secs(180), async {
+        tokio::join!(rebuild(&setup.pool, &config, &never), add_partition)
+    })
+    .await
+    .expect("the rebuild and the partition change end");
     assert!(
         matches!(
             outcome,
