@@ -335,7 +335,7 @@ pub async fn rebuild_with(
     let finished = replay.finish_running().await;
     let switched = outcome?;
     finished?;
-    meter.finish();
+    meter.finish(switched);
     drop(readers);
     drop(events);
     lock.close().await?;
