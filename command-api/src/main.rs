@@ -79,7 +79,8 @@ async fn main() -> anyhow::Result<()> {
                 shutdown.clone(),
             )
             .await?;
-            let backlog = relay::monitor::watch_backlog(pool.clone(), BACKLOG_EVERY, shutdown.clone());
+            let backlog =
+                relay::monitor::watch_backlog(pool.clone(), BACKLOG_EVERY, shutdown.clone());
             tokio::spawn(backlog);
             // Returns only on shutdown: database and broker failures are healed inside.
             relay::run(pool, producers, config, shutdown)

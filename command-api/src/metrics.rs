@@ -98,7 +98,10 @@ impl CommandOutcome {
 /// outcome at 0 from the start, so that a rate is 0, not missing, before the first one.
 pub fn register() {
     platform::service::metrics::install();
-    metrics::describe_counter!(COMMANDS, "Command requests answered, by command and outcome");
+    metrics::describe_counter!(
+        COMMANDS,
+        "Command requests answered, by command and outcome"
+    );
     metrics::describe_histogram!(
         COMMAND_DURATION,
         metrics::Unit::Seconds,

@@ -41,7 +41,13 @@ pub const REBUILD_POSITION: &str = "projector_rebuild_position_messages";
 pub const REBUILD_TARGET: &str = "projector_rebuild_target_messages";
 pub const REBUILD_PROGRESS: &str = "projector_rebuild_progress_ratio";
 
-const OUTCOMES: [&str; 5] = ["applied", "duplicate", "parked", "poison", "already_consumed"];
+const OUTCOMES: [&str; 5] = [
+    "applied",
+    "duplicate",
+    "parked",
+    "poison",
+    "already_consumed",
+];
 /// The longest a broker may take to answer one metadata or watermark request.
 const BROKER_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -68,7 +68,9 @@ pub fn install() -> PrometheusHandle {
 fn builder() -> PrometheusBuilder {
     PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_messages".into()), MESSAGES_BUCKETS))
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Suffix("_messages".into()), MESSAGES_BUCKETS)
+        })
         .expect("the bucket lists are constant and not empty")
 }
 
