@@ -133,9 +133,7 @@ fn valid_name(name: &str) -> bool {
 
 /// `name{label="value",...} value [timestamp]`.
 fn sample(line: &str) -> Result<Sample, String> {
-    let name_end = line
-        .find(|c: char| c == '{' || c == ' ')
-        .ok_or("no value")?;
+    let name_end = line.find(['{', ' ']).ok_or("no value")?;
     let name = &line[..name_end];
     if !valid_name(name) {
         return Err("bad metric name".into());
