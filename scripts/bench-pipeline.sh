@@ -42,9 +42,11 @@ WRITE_DATABASE_URL="$write" READ_DATABASE_URL="$read" target/release/migrate >/d
 
 export RUST_LOG=warn KAFKA_BROKERS=$broker KAFKA_TOPIC=delivery.events
 export COMMAND_API_TOKENS="dev-dispatcher-token=dispatcher:desk-1,dev-rider-42-token=rider:rider-42"
-target/release/command-api --database-url "$write" relay >"$logs/relay.log" 2>&1 &
+target/release/command-api --database-url "$write" relay --http-listen 127.0.0.1:0 \
+    >"$logs/relay.log" 2>&1 &
 pids+=($!)
-target/release/projector --database-url "$read" run >"$logs/projector.log" 2>&1 &
+target/release/projector --database-url "$read" run --http-listen 127.0.0.1:0 \
+    >"$logs/projector.log" 2>&1 &
 pids+=($!)
 target/release/command-api --database-url "$write" serve --listen 127.0.0.1:18080 \
     --db-connections 16 >"$logs/command-api.log" 2>&1 &

@@ -25,6 +25,8 @@ export STACK_DIR="$dir/stack"
 export KAFKA_BROKERS="127.0.0.1:${STACK_CHECK_BROKER_PORT:-19292}"
 export COMMAND_API_LISTEN="127.0.0.1:${STACK_CHECK_COMMAND_PORT:-18180}"
 export QUERY_API_LISTEN="127.0.0.1:${STACK_CHECK_QUERY_PORT:-18181}"
+export RELAY_HTTP_LISTEN="127.0.0.1:${STACK_CHECK_RELAY_PORT:-18182}"
+export PROJECTOR_HTTP_LISTEN="127.0.0.1:${STACK_CHECK_PROJECTOR_PORT:-18183}"
 # Databases of its own, so the check never touches a developer's stack data.
 export WRITE_DATABASE_URL="$POSTGRES_URL/stack_check_write"
 export READ_DATABASE_URL="$POSTGRES_URL/stack_check_read"

@@ -4,7 +4,8 @@
 #     machine (cached outside the repo) and started with durable storage in the `nisshi` database;
 #   - the write and read databases, migrated, with the query API's read-only login;
 #   - the topic `delivery.events` (KAFKA_PARTITIONS partitions, default 6);
-#   - relay, projector, command API (:8080) and query API (:8081).
+#   - relay (/metrics on :8082), projector (/metrics on :8083), command API (:8080) and query
+#     API (:8081), each serving GET /metrics.
 # Then, in another shell: scripts/demo.sh
 #
 # Every part runs under a supervisor: a part that exits is restarted (after a backoff that
@@ -34,6 +35,9 @@ export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:9092}"
 export KAFKA_TOPIC="${KAFKA_TOPIC:-delivery.events}"
 export COMMAND_API_LISTEN="${COMMAND_API_LISTEN:-127.0.0.1:8080}"
 export QUERY_API_LISTEN="${QUERY_API_LISTEN:-127.0.0.1:8081}"
+# The relay's and the projector's /metrics and /health.
+export RELAY_HTTP_LISTEN="${RELAY_HTTP_LISTEN:-127.0.0.1:8082}"
+export PROJECTOR_HTTP_LISTEN="${PROJECTOR_HTTP_LISTEN:-127.0.0.1:8083}"
 export COMMAND_API_TOKENS="${COMMAND_API_TOKENS:-dev-dispatcher-token=dispatcher:desk-1,dev-admin-token=admin:root,dev-rider-42-token=rider:rider-42,dev-rider-7-token=rider:rider-7}"
 export QUERY_API_TOKENS="${QUERY_API_TOKENS:-dev-reader-token}"
 export RUST_LOG="${RUST_LOG:-info}"
@@ -129,6 +133,8 @@ cat <<INFO
 The delivery platform is running (logs in $logs/, Ctrl-C stops everything):
   command API  http://$COMMAND_API_LISTEN   tokens: $COMMAND_API_TOKENS
   query API    http://$QUERY_API_LISTEN   token: $QUERY_API_TOKENS
+  metrics      http://$COMMAND_API_LISTEN/metrics http://$QUERY_API_LISTEN/metrics
+               http://$RELAY_HTTP_LISTEN/metrics http://$PROJECTOR_HTTP_LISTEN/metrics
   Kafka        $broker   topic $KAFKA_TOPIC
   write DB     $WRITE_DATABASE_URL
   read DB      $READ_DATABASE_URL

@@ -224,7 +224,9 @@ impl IntoResponse for ApiError {
             }
             _ => {}
         }
-        problem::respond(&self)
+        let mut response = problem::respond(&self);
+        (response.extensions_mut()).insert(crate::metrics::CommandOutcome::of_error(&self));
+        response
     }
 }
 

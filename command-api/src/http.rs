@@ -6,6 +6,7 @@ use crate::auth::Tokens;
 use crate::context::CommandContext;
 use crate::error::ApiError;
 use crate::limits::{self, Guard, Limits};
+use crate::metrics::{self, CommandOutcome};
 use crate::service::{CommandService, Outcome, Recorded, Submission};
 use axum::extract::{DefaultBodyLimit, FromRef, FromRequest, Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -42,6 +43,7 @@ pub fn app(state: AppState) -> Router {
 
 /// The command API as a router with the given bounds.
 pub fn app_with_limits(state: AppState, limits: Limits) -> Router {
+    metrics::register();
     let guard = Guard::new(&limits);
     let shared = Shared {
         service: CommandService::new(state.pool, limits.idempotency_ttl),
@@ -55,7 +57,10 @@ pub fn app_with_limits(state: AppState, limits: Limits) -> Router {
         .route("/deliveries/{id}/cancel", post(cancel))
         // Commands only: a health check must answer even when commands are shed.
         .route_layer(middleware::from_fn_with_state(guard, limits::guard))
+        // Outside the guard, so that shed and timed-out commands are counted too.
+        .route_layer(middleware::from_fn(metrics::measure))
         .route("/health", get(|| async { "ok" }))
+        .route("/metrics", get(platform::service::metrics::scrape))
         // After the routes: it applies to the routes registered before it.
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::RouteNotFound })
@@ -174,7 +179,11 @@ async fn complete(
 /// a replayed verdict is marked as such.
 impl IntoResponse for Outcome {
     fn into_response(self) -> Response {
-        match self {
+        let outcome = match &self {
+            Outcome::Accepted(_) => CommandOutcome::Accepted,
+            Outcome::Replayed(_) => CommandOutcome::Replayed,
+        };
+        let mut response = match self {
             Outcome::Accepted(accepted) => {
                 command_response(accepted.status(), accepted.body(), false)
             }
@@ -186,7 +195,9 @@ impl IntoResponse for Outcome {
                 mark_replayed(&mut response);
                 response
             }
-        }
+        };
+        response.extensions_mut().insert(outcome);
+        response
     }
 }
 

@@ -10,6 +10,7 @@ pub mod error;
 mod http;
 pub mod idempotency;
 pub mod limits;
+pub mod metrics;
 pub mod relay;
 pub mod serve;
 pub mod service;

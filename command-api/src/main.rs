@@ -5,6 +5,8 @@ use clap::{Args, Parser, Subcommand};
 use command_api::relay::{self, RelayConfig};
 use command_api::serve::ServeConfig;
 use sqlx::postgres::PgPoolOptions;
+use std::net::SocketAddr;
+use std::time::Duration;
 
 /// The delivery command side: HTTP command API and outbox relay.
 #[derive(Parser)]
@@ -39,11 +41,19 @@ struct RelayArgs {
     /// Fallback polling interval in milliseconds, for when a notification is missed.
     #[arg(long, env = "RELAY_POLL_MS", default_value_t = 1000)]
     poll_ms: u64,
+    /// Address of the relay's HTTP listener: GET /metrics (Prometheus) and GET /health.
+    #[arg(long, env = "RELAY_HTTP_LISTEN", default_value = "127.0.0.1:8082")]
+    http_listen: SocketAddr,
 }
+
+/// How often the relay reads the outbox backlog for its metrics.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     platform::service::Tracing::from_env_or("info,tower_http=info").init();
+    // First: metrics recorded before the recorder exists are lost.
+    platform::service::metrics::install();
     let cli = Cli::parse();
     match cli.command {
         // Serve builds its own pool, with its timeouts (see `command_api::serve`).
@@ -52,7 +62,7 @@ async fn main() -> anyhow::Result<()> {
             // Lazy: the relay heals database outages itself, at start-up too (it stands by
             // and retries), so it need not exit when Postgres is not up yet.
             let pool = PgPoolOptions::new()
-                .max_connections(3)
+                .max_connections(4)
                 .connect_lazy(&cli.database_url)
                 .context("parsing the write database URL (WRITE_DATABASE_URL)")?;
             let producers = relay::ProducerSettings::new(&args.brokers);
@@ -61,8 +71,17 @@ async fn main() -> anyhow::Result<()> {
             let config = RelayConfig {
                 topic: args.topic,
                 batch_size: args.batch_size,
-                poll_interval: std::time::Duration::from_millis(args.poll_ms),
+                poll_interval: Duration::from_millis(args.poll_ms),
             };
+            platform::service::metrics::serve_operations(
+                args.http_listen,
+                "relay",
+                shutdown.clone(),
+            )
+            .await?;
+            let backlog =
+                relay::monitor::watch_backlog(pool.clone(), BACKLOG_EVERY, shutdown.clone());
+            tokio::spawn(backlog);
             // Returns only on shutdown: database and broker failures are healed inside.
             relay::run(pool, producers, config, shutdown)
                 .await

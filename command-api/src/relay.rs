@@ -23,7 +23,11 @@
 //!   keeps the lock and its producer and retries the same rows with a capped backoff;
 //!   librdkafka reconnects by itself.
 //!
+//! Its metrics (leader flag, publish latency, failures, the outbox backlog) are in `monitor`.
+//!
 //! (Just over 400 lines: the leader loop and each way it heals read best side by side.)
+
+pub mod monitor;
 
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -31,7 +35,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// Advisory lock key held by the one active relay ("outbox" in ASCII).
@@ -189,6 +193,8 @@ pub async fn run(
     config: RelayConfig,
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
+    monitor::register();
+    metrics::gauge!(monitor::LEADER).set(0.0);
     let mut producer = producers.create()?;
     // A relay that stepped down waits longer than a standby's poll: a healthy standby leads next.
     let mut pause = Pause::new(STANDBY_POLL + STANDBY_POLL / 2);
@@ -236,6 +242,7 @@ async fn lead(
         }
     }
     tracing::info!(topic = %config.topic, "relay is the active publisher");
+    let _leading = monitor::Leading::start();
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen("outbox").await?;
     let mut retry = Pause::new(Duration::from_millis(100));
@@ -258,7 +265,9 @@ async fn lead(
             Err(error) => error,
         };
         let fatal = producer.client().fatal_error();
-        match recovery(&error, fatal.as_ref().map(|(code, _)| *code)) {
+        let next = recovery(&error, fatal.as_ref().map(|(code, _)| *code));
+        monitor::failed(next);
+        match next {
             Recovery::Retry => {
                 let wait = retry.take();
                 tracing::warn!(%error, retry_in = ?wait, "publishing failed; the outbox keeps the rows");
@@ -293,6 +302,7 @@ pub async fn publish_batch(
         return Ok(0);
     }
     // Queue the whole batch first (librdkafka pipelines it), then await acknowledgements in order.
+    let queued_at = Instant::now();
     let mut deliveries = Vec::with_capacity(rows.len());
     let mut refused = None;
     for (position, key, payload, headers) in &rows {
@@ -338,6 +348,7 @@ pub async fn publish_batch(
             }
         }
     }
+    let acknowledged_in = queued_at.elapsed();
     if !acknowledged.is_empty() {
         // A mark lost in a database crash only means the row is published again (a duplicate,
         // which consumers skip by version): the next round need not wait for the WAL flush.
@@ -350,6 +361,7 @@ pub async fn publish_batch(
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+        monitor::published(acknowledged.len(), acknowledged_in);
     }
     match failure.or(refused.map(RelayError::Kafka)) {
         Some(error) => Err(error),

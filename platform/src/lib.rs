@@ -4,7 +4,8 @@
 //!   reader role;
 //! - `stored`: an event store row and its conversion to the domain's envelope;
 //! - `problem`: problem+json errors;
-//! - `service`: start-up every binary repeats: tracing, the shutdown signal, serving a router.
+//! - `service`: start-up every binary repeats: tracing, the shutdown signal, serving a router,
+//!   and Prometheus metrics (`service::metrics`).
 
 pub mod problem;
 pub mod read_model;

@@ -1,5 +1,8 @@
 //! The start-up every binary repeats: tracing, the shutdown signal, and serving a router until
-//! that signal.
+//! that signal; `metrics`: the Prometheus recorder, `GET /metrics`, and the small listener of
+//! the processes whose work is not HTTP.
+
+pub mod metrics;
 
 use anyhow::Context;
 use axum::Router;

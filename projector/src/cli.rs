@@ -4,13 +4,14 @@
 use crate::audit::AuditConfig;
 use crate::catalog;
 use crate::rebuild::RebuildConfig;
-use crate::{Progress, ProjectorConfig};
+use crate::{Progress, ProjectorConfig, Subscription, monitor};
 mod dlq;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use domain::DeliveryId;
 use sqlx::postgres::PgPoolOptions;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +74,10 @@ pub struct RebuildArgs {
     /// Without it such a rebuild is refused.
     #[arg(long)]
     allow_truncated_history: bool,
+    /// Serve GET /metrics (the rebuild's progress) and GET /health on this address while the
+    /// rebuild runs; no listener when omitted.
+    #[arg(long, env = "PROJECTOR_REBUILD_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
 }
 
 fn projection_name(name: &str) -> Result<&'static dyn catalog::Projection, String> {
@@ -105,7 +110,13 @@ pub struct RunArgs {
     /// Most messages applied in one read-database transaction.
     #[arg(long, env = "PROJECTOR_BATCH_SIZE", default_value_t = 2000)]
     batch_size: usize,
+    /// Address of the projector's HTTP listener: GET /metrics (Prometheus) and GET /health.
+    #[arg(long, env = "PROJECTOR_HTTP_LISTEN", default_value = "127.0.0.1:8083")]
+    http_listen: SocketAddr,
 }
+
+/// How often `projector run` reads its lag and the stuck events for its metrics.
+const MONITOR_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Args)]
 pub struct AuditArgs {
@@ -166,6 +177,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 group: args.group,
                 batch_size: args.batch_size.max(1),
             };
+            platform::service::metrics::serve_operations(
+                args.http_listen,
+                "projector",
+                shutdown.clone(),
+            )
+            .await?;
+            let subscription = Subscription {
+                group: config.group.clone(),
+                topic: config.topic.clone(),
+            };
+            let watcher =
+                monitor::Watcher::new(pool.clone(), &config.brokers, subscription, MONITOR_EVERY)
+                    .context("creating the metrics' Kafka client")?;
+            tokio::spawn(watcher.run(shutdown.clone()));
             crate::run(pool, config, Arc::new(Progress::default()), shutdown)
                 .await
                 .context("projecting the event topic")?;
@@ -174,6 +199,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Rebuild(args) => {
             // On Ctrl-C or SIGTERM the batch being written still commits; only reading stops.
             let shutdown = platform::service::cancel_on_shutdown();
+            if let Some(address) = args.http_listen {
+                let name = "rebuild";
+                platform::service::metrics::serve_operations(address, name, shutdown.clone())
+                    .await?;
+            }
             let projections = if args.projections.is_empty() {
                 catalog::ALL.to_vec()
             } else {

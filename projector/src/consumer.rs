@@ -5,6 +5,7 @@ use crate::batch::{self, Applied, Destination, Subscription};
 use crate::catalog::Catalog;
 use crate::failure::apply_with_retry;
 use crate::kafka::{self, Purpose};
+use crate::monitor;
 use crate::offsets::{self, OffsetsAhead};
 use crate::plan::Incoming;
 use futures::StreamExt;
@@ -19,7 +20,7 @@ use sqlx::{ConnectOptions, PgPool};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
@@ -192,6 +193,7 @@ pub async fn run_with(
     progress: Arc<Progress>,
     shutdown: CancellationToken,
 ) -> Result<(), ProjectorError> {
+    monitor::register();
     let destination = Destination::Live(catalog);
     let subscription = Subscription {
         group: config.group.clone(),
@@ -239,11 +241,13 @@ pub async fn run_with(
         if messages.is_empty() {
             continue;
         }
+        let started = Instant::now();
         let Some(applied) =
             apply_with_retry(&pool, &destination, &subscription, &messages, &shutdown).await
         else {
             break;
         };
+        monitor::batch_applied(messages.len(), started.elapsed(), &applied);
         progress.add(&applied);
         tracing::debug!(?applied, "batch applied");
         commit_to_broker(&consumer, &config.topic, &messages);

@@ -1,6 +1,7 @@
 //! The projector's Kafka consumers, configured in one place. Three read the event topic: the
 //! live projector (a consumer group member), a rebuild's replay and the audit (both with
-//! assigned partitions, in no group). Every one keeps its own offsets, never librdkafka.
+//! assigned partitions, in no group). Every one keeps its own offsets, never librdkafka. A
+//! fourth, the metrics' watcher, only asks for metadata and watermarks.
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, ConsumerContext};
@@ -16,6 +17,8 @@ pub(crate) enum Purpose<'a> {
     Replay,
     /// The audit: the whole topic once.
     Audit,
+    /// The metrics' watcher: metadata and watermarks only, it reads no message.
+    Monitor,
 }
 
 /// The consumer configuration for `purpose`, on `brokers`.
@@ -28,6 +31,7 @@ pub(crate) fn consumer_config(brokers: &str, purpose: Purpose<'_>) -> ClientConf
         // commits, the group is never joined.
         Purpose::Replay => config.set("group.id", "projector-rebuild"),
         Purpose::Audit => config.set("group.id", "delivery-audit"),
+        Purpose::Monitor => config.set("group.id", "projector-monitor"),
     };
     // Offsets are ours to store (the live projector's and a replay's in the read database,
     // the audit's nowhere) and commit (after the database).
@@ -58,7 +62,7 @@ pub(crate) fn consumer_config(brokers: &str, purpose: Purpose<'_>) -> ClientConf
                 .set("fetch.max.bytes", "4194304")
                 .set("max.partition.fetch.bytes", "1048576");
         }
-        Purpose::Audit => {}
+        Purpose::Audit | Purpose::Monitor => {}
     }
     config
 }
@@ -141,5 +145,10 @@ mod tests {
         let mut expected = common.to_vec();
         expected.push(("group.id", "delivery-audit"));
         assert_eq!(settings(&audit), pairs(&expected));
+
+        let monitor = consumer_config("b:9092", Purpose::Monitor);
+        let mut expected = common.to_vec();
+        expected.push(("group.id", "projector-monitor"));
+        assert_eq!(settings(&monitor), pairs(&expected));
     }
 }

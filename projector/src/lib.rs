@@ -11,7 +11,8 @@
 //! against each other. `kafka` configures every consumer of the topic.
 //! `failure` decides what a batch that does not commit does (retry, or split it to find the one
 //! message to record as `poison`); `offsets` refuses stored offsets past the topic's end; `dlq`
-//! lists, retries and skips stuck events; `cli` is the command line.
+//! lists, retries and skips stuck events; `monitor` has the metrics (lag, batches, stuck
+//! events, rebuild progress); `cli` is the command line.
 
 pub mod audit;
 pub mod batch;
@@ -22,6 +23,7 @@ pub mod copy;
 pub mod dlq;
 pub mod failure;
 mod kafka;
+pub mod monitor;
 pub mod offsets;
 pub mod plan;
 pub mod poison;

@@ -13,5 +13,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     platform::service::Tracing::from_env_or("info")
         .to_stderr()
         .init();
+    // First: metrics recorded before the recorder exists are lost.
+    platform::service::metrics::install();
     cli::run(Cli::parse()).await
 }

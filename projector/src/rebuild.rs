@@ -341,7 +341,7 @@ pub async fn rebuild_with(
     kafka::drop_detached(consumer);
     let switched = outcome?;
     finished?;
-    meter.finish();
+    meter.finish(switched);
     lock.close().await?;
     let report = RebuildReport {
         projections: names,

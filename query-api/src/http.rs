@@ -4,6 +4,7 @@ use crate::auth::{Tokens, require_token};
 use crate::bounds::{Gate, HttpBounds, bound};
 use crate::error::ApiError;
 use crate::freshness::{FreshnessWatch, Waited};
+use crate::metrics::{self, Freshness};
 use crate::{deliveries, history, riders, stats};
 use axum::extract::{FromRef, FromRequestParts, Path};
 use axum::http::request::Parts;
@@ -14,7 +15,7 @@ use domain::{DeliveryId, RiderId};
 use serde::Deserialize;
 use sqlx::PgPool;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tower_http::trace::TraceLayer;
 use uuid::Uuid;
 
@@ -37,6 +38,7 @@ pub fn app(state: AppState) -> Router {
 
 /// The query API as a router with the given bounds.
 pub fn app_with_bounds(state: AppState, bounds: HttpBounds) -> Router {
+    metrics::register();
     let reads = Router::new()
         .route("/deliveries", get(deliveries::list))
         .route("/deliveries/{id}", get(deliveries::get))
@@ -50,10 +52,13 @@ pub fn app_with_bounds(state: AppState, bounds: HttpBounds) -> Router {
             require_token,
         ))
         // Outermost, so a crowd is shed before any other work.
-        .route_layer(middleware::from_fn_with_state(Gate::new(&bounds), bound));
+        .route_layer(middleware::from_fn_with_state(Gate::new(&bounds), bound))
+        // Around even that, so shed requests are timed too.
+        .route_layer(middleware::from_fn(metrics::track_route));
     Router::new()
         .merge(reads)
         .route("/health", get(|| async { "ok" }))
+        .route("/metrics", get(platform::service::metrics::scrape))
         .fallback(|| async { ApiError::RouteNotFound })
         // After every route: it applies to the routes registered so far. axum still adds the
         // `Allow` header naming the methods the path has.
@@ -146,6 +151,7 @@ where
     let Some(wanted) = wanted else {
         return read().await;
     };
+    let started = Instant::now();
     let waited = state
         .freshness
         .read_until(
@@ -154,8 +160,15 @@ where
             read,
             |value| version(value) >= wanted.version,
         )
-        .await?;
-    match waited {
+        .await;
+    let outcome = match &waited {
+        Ok(Waited::Ready(_)) => Freshness::Fresh,
+        Ok(Waited::TimedOut(_)) => Freshness::TimedOut,
+        Err(ApiError::TooManyWaiters) => Freshness::TooManyWaiters,
+        Err(_) => Freshness::Failed,
+    };
+    metrics::read_your_writes(outcome, started.elapsed());
+    match waited? {
         Waited::Ready(value) => Ok(value),
         Waited::TimedOut(value) => Err(ApiError::NotYetProjected {
             projected: version(&value),

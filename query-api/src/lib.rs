@@ -6,7 +6,7 @@
 //! (`deliveries`, `history`, `riders`, `stats`), each with its queries beside its handler;
 //! `freshness` waits for the projector for read-your-writes; `cursor` is the keyset
 //! pagination position; `auth` and `error` are the boundary; `bounds` limits the work taken
-//! on; `config` starts the binary.
+//! on; `metrics` times routes and read-your-writes waits; `config` starts the binary.
 
 pub mod auth;
 pub mod bounds;
@@ -18,6 +18,7 @@ pub mod freshness;
 mod history;
 mod http;
 mod listener;
+pub mod metrics;
 mod riders;
 mod stats;
 

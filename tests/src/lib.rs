@@ -8,14 +8,15 @@
 //!
 //! For the end-to-end tests: [`TestStack`], the relay, projector and both APIs running
 //! in-process over a broker and fresh write and read databases, each of which a test can stop,
-//! kill and start again; a [`CommandClient`] that walks deliveries through the HTTP API; and
-//! [`redact`] for snapshots.
+//! kill and start again; a [`CommandClient`] that walks deliveries through the HTTP API;
+//! [`redact`] for snapshots; and [`Scrape`], a `/metrics` endpoint read and parsed.
 
 pub mod broker;
 mod client;
 pub mod db;
 mod inspect;
 mod redact;
+mod scrape;
 mod stack;
 pub mod wait;
 
@@ -23,7 +24,8 @@ pub use broker::{Broker, Publisher, free_port};
 pub use client::{CommandClient, Fate};
 pub use db::{FreshDatabase, admin_url, tamper};
 pub use redact::redact;
-pub use stack::TestStack;
+pub use scrape::{Sample, Scrape};
+pub use stack::{Monitors, TestStack};
 pub use wait::eventually;
 
 /// The topic the relay publishes to and the projectors read.

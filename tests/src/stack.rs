@@ -73,7 +73,15 @@ pub struct TestStack {
     query_api: Option<Served>,
     relay: Option<Part>,
     projectors: Vec<Part>,
+    /// The relay's and the projector's metrics watchers and HTTP listeners, when started.
+    monitors: Vec<Part>,
     pub progress: Arc<Progress>,
+}
+
+/// Where the relay's and the projector's `/metrics` are served (see `start_monitors`).
+pub struct Monitors {
+    pub relay_url: String,
+    pub projector_url: String,
 }
 
 impl TestStack {
@@ -104,6 +112,7 @@ impl TestStack {
             query_api: None,
             relay: None,
             projectors: Vec::new(),
+            monitors: Vec::new(),
             progress: Arc::new(Progress::default()),
         };
         stack.start_command_api().await;
@@ -173,6 +182,52 @@ impl TestStack {
             max_wait: Duration::from_secs(5),
         };
         self.query_api = Some(serve(query_api::app(state)).await);
+    }
+
+    /// Starts what the relay and projector binaries run beside their work: the outbox backlog
+    /// and projector lag watchers (reading every 100 ms) and their HTTP listeners (`/metrics`,
+    /// `/health`) on free ports. Apart from the relay and the projectors, as in the binaries'
+    /// own tasks, so they keep reporting while those are stopped.
+    pub async fn start_monitors(&mut self) -> Monitors {
+        let every = Duration::from_millis(100);
+        let write = self.write.clone();
+        self.monitors.push(Part::spawn(|shutdown| {
+            relay::monitor::watch_backlog(write, every, shutdown)
+        }));
+        let subscription = projector::Subscription {
+            group: crate::PROJECTOR_GROUP.into(),
+            topic: TOPIC.into(),
+        };
+        let watcher = projector::monitor::Watcher::new(
+            self.read.clone(),
+            &self.broker.address,
+            subscription,
+            every,
+        )
+        .expect("the watcher's Kafka client");
+        self.monitors
+            .push(Part::spawn(|shutdown| watcher.run(shutdown)));
+        let mut urls = Vec::new();
+        for name in ["relay", "projector"] {
+            let shutdown = CancellationToken::new();
+            let address = platform::service::metrics::serve_operations(
+                "127.0.0.1:0".parse().expect("an address"),
+                name,
+                shutdown.clone(),
+            )
+            .await
+            .expect("an operations listener");
+            urls.push(format!("http://{address}"));
+            // The listener stops with its token: this part only passes the stop on.
+            self.monitors.push(Part::spawn(|stop| async move {
+                stop.cancelled().await;
+                shutdown.cancel();
+            }));
+        }
+        Monitors {
+            projector_url: urls.pop().expect("two listeners"),
+            relay_url: urls.pop().expect("two listeners"),
+        }
     }
 
     /// Stops every projector instance cleanly (the batch in hand still commits).
@@ -291,6 +346,9 @@ impl TestStack {
         self.stop_relay().await;
         if let Some(served) = self.command_api.take() {
             served.part.stop().await;
+        }
+        for part in self.monitors.drain(..) {
+            part.stop().await;
         }
         self.write_database.remove().await;
         self.read_database.remove().await;

@@ -174,6 +174,8 @@ pub async fn inject(
                 .context("creating the second projector's log")?;
             let child = Command::new(&stack.projector_bin)
                 .arg("run")
+                // Its own /metrics port (any free one): the first projector holds the stack's.
+                .args(["--http-listen", "127.0.0.1:0"])
                 .stdout(log.try_clone()?)
                 .stderr(log)
                 .kill_on_drop(true)

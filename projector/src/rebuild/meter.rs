@@ -1,4 +1,5 @@
-//! The rebuild's progress: a bar on a terminal, a log line every few seconds otherwise.
+//! The rebuild's progress: a bar on a terminal, a log line every few seconds otherwise, and
+//! the progress gauges (`monitor`).
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ pub(super) struct Meter {
 
 impl Meter {
     pub(super) fn new(draw: bool, names: &[&str], at: u64) -> Meter {
+        crate::monitor::register();
         let target = if draw {
             ProgressDrawTarget::stderr()
         } else {
@@ -38,6 +40,7 @@ impl Meter {
 
     /// `position` of `end`: the live projector's position is where the rebuild is heading.
     pub(super) fn show(&mut self, position: u64, end: u64) {
+        crate::monitor::rebuild_at(position, end, false);
         self.bar.set_length(end.max(position));
         self.bar.set_position(position);
         if self.bar.is_hidden() && self.logged.elapsed() >= Duration::from_secs(5) {
@@ -55,7 +58,12 @@ impl Meter {
         }
     }
 
-    pub(super) fn finish(&self) {
+    /// The end; `switched` when the rebuilt tables went live (the progress gauge reads 1).
+    pub(super) fn finish(&self, switched: bool) {
+        if switched {
+            let position = self.bar.position();
+            crate::monitor::rebuild_at(position, position, true);
+        }
         self.bar.finish_and_clear();
     }
 }
