@@ -4,7 +4,8 @@ use crate::auth::{Tokens, require_token};
 use crate::bounds::{Gate, HttpBounds, bound};
 use crate::error::ApiError;
 use crate::freshness::{FreshnessWatch, Waited};
-use crate::{deliveries, history, riders, stats};
+use crate::live::Live;
+use crate::{dashboard, deliveries, history, live, riders, stats};
 use axum::extract::{FromRef, FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::routing::get;
@@ -27,6 +28,8 @@ pub struct AppState {
     /// The longest a `?min_version=` read waits for the projector before answering 503.
     pub max_wait: Duration,
     pub freshness: FreshnessWatch,
+    /// The live streams' bound, shutdown switch and dashboard sessions.
+    pub live: Live,
 }
 
 /// The query API as a router with the default [`HttpBounds`], ready to serve or to drive in
@@ -53,6 +56,7 @@ pub fn app_with_bounds(state: AppState, bounds: HttpBounds) -> Router {
         .route_layer(middleware::from_fn_with_state(Gate::new(&bounds), bound));
     Router::new()
         .merge(reads)
+        .merge(live::routes(&state).merge(dashboard::routes()))
         .route("/health", get(|| async { "ok" }))
         .fallback(|| async { ApiError::RouteNotFound })
         // After every route: it applies to the routes registered so far. axum still adds the

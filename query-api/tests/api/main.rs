@@ -10,6 +10,7 @@ mod faults;
 mod freshness;
 mod history;
 mod listing;
+mod live;
 mod outage;
 mod reader_role;
 mod riders;
