@@ -206,7 +206,8 @@ async fn the_stats_stream_sends_the_numbers_then_each_change_and_never_the_same_
     // ... one that does, sends the new numbers.
     project(
         &pool,
-        "update status_counts set deliveries = deliveries + 1 where status = 'created'; \
+        "with created as (update status_counts set deliveries = deliveries + 1 \
+                           where status = 'created' returning 1) \
          insert into riders values ('rider-4', 1, 0, now())",
         "",
     )
