@@ -23,7 +23,10 @@ const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(|| async { Redirect::to("/dashboard") }))
-        .route("/dashboard", get(|| async { asset("text/html; charset=utf-8", PAGE) }))
+        .route(
+            "/dashboard",
+            get(|| async { asset("text/html; charset=utf-8", PAGE) }),
+        )
         .route(
             "/dashboard/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),

@@ -84,7 +84,10 @@ impl Browser {
         let response = request.send().await.expect("chromedriver answers");
         let status = response.status();
         let reply: Value = response.json().await.expect("WebDriver answers JSON");
-        assert!(status.is_success(), "WebDriver {method} {path}: {status} {reply}");
+        assert!(
+            status.is_success(),
+            "WebDriver {method} {path}: {status} {reply}"
+        );
         reply["value"].clone()
     }
 

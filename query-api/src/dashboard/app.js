@@ -132,10 +132,12 @@ function addEvent(event) {
   const item = document.createElement("li");
   item.dataset.eventId = event.event_id;
   item.dataset.type = event.type;
+  item.title = "delivery " + event.delivery_id;
   item.append(
     cell("time", new Date(event.occurred_at).toLocaleTimeString()),
     cell("kind " + kind, kind.replace("_", " ")),
-    cell("delivery", event.delivery_id.slice(0, 8) + "\u2026 v" + event.version),
+    // The tail of the id: a UUID v7 starts with its time, alike for deliveries made together.
+    cell("delivery", "\u2026" + event.delivery_id.slice(-8) + " v" + event.version),
     cell("actor", event.actor_role + " " + event.actor_id),
   );
   const feed = $("feed");

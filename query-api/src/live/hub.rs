@@ -126,7 +126,10 @@ async fn run(
         match heard {
             Ok(Ok(payload)) => record(&mut moved, &payload),
             Ok(Err(RecvError::Lagged(missed))) => {
-                tracing::warn!(missed, "the live feed missed announcements; the stats re-read");
+                tracing::warn!(
+                    missed,
+                    "the live feed missed announcements; the stats re-read"
+                );
             }
             Ok(Err(RecvError::Closed)) => return,
             Err(_) => {}

@@ -180,13 +180,17 @@ mod tests {
     #[test]
     fn the_cookie_is_http_only_strict_and_secure_when_asked() {
         let plain = Sessions::new(Duration::from_secs(60), false);
-        let cookie = plain.cookie("abc", Duration::from_secs(60)).expect("cookie");
+        let cookie = plain
+            .cookie("abc", Duration::from_secs(60))
+            .expect("cookie");
         assert_eq!(
             cookie,
             "dp_live=abc; Path=/; Max-Age=60; HttpOnly; SameSite=Strict"
         );
         let secure = Sessions::new(Duration::from_secs(60), true);
-        let cookie = secure.cookie("abc", Duration::from_secs(60)).expect("cookie");
+        let cookie = secure
+            .cookie("abc", Duration::from_secs(60))
+            .expect("cookie");
         assert!(cookie.to_str().expect("ascii").ends_with("; Secure"));
     }
 }

@@ -81,7 +81,12 @@ async fn open(
     let response = app.clone().oneshot(request).await.expect("router answers");
     if response.status() != StatusCode::OK {
         let status = response.status();
-        let bytes = response.into_body().collect().await.expect("body").to_bytes();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
         return Err((status, String::from_utf8_lossy(&bytes).into_owned()));
     }
     assert_eq!(
@@ -251,9 +256,16 @@ async fn the_feed_sends_its_backlog_then_each_event_as_it_is_applied(pool: PgPoo
     let data = picked_up.json();
     assert_eq!(
         (&data["delivery_id"], &data["version"], &data["type"]),
-        (&serde_json::json!(D2), &serde_json::json!(3), &serde_json::json!("delivery.picked_up"))
+        (
+            &serde_json::json!(D2),
+            &serde_json::json!(3),
+            &serde_json::json!("delivery.picked_up")
+        )
     );
-    assert_eq!((&data["actor_role"], &data["actor_id"]), (&"rider".into(), &"rider-1".into()));
+    assert_eq!(
+        (&data["actor_role"], &data["actor_id"]),
+        (&"rider".into(), &"rider-1".into())
+    );
 
     project(
         &pool,
@@ -267,13 +279,15 @@ async fn the_feed_sends_its_backlog_then_each_event_as_it_is_applied(pool: PgPoo
     let mut late = stream(&app, "/events/stream").await;
     assert_eq!(late.next_event().await.json()["version"], 3);
     assert_eq!(late.next_event().await.json()["version"], 4);
-    assert_eq!(late.next_item().await, Some(SseItem::Comment), "and nothing twice");
+    assert_eq!(
+        late.next_item().await,
+        Some(SseItem::Comment),
+        "and nothing twice"
+    );
 }
 
 #[sqlx::test(migrator = "migrations::READ")]
-async fn past_the_stream_bound_a_new_stream_gets_503_and_a_closed_one_frees_its_slot(
-    pool: PgPool,
-) {
+async fn past_the_stream_bound_a_new_stream_gets_503_and_a_closed_one_frees_its_slot(pool: PgPool) {
     seed(&pool).await;
     let (app, live) = live_app(pool, 2).await;
     let first = stream(&app, "/stats/stream").await;
@@ -381,8 +395,7 @@ async fn streams_need_a_token_or_a_dashboard_session_which_admits_nothing_else(p
     let (status, _, _) = send(&app, Method::GET, "/stats", &with_cookie).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
-    let (status, headers, _) =
-        send(&app, Method::DELETE, "/dashboard/session", &with_cookie).await;
+    let (status, headers, _) = send(&app, Method::DELETE, "/dashboard/session", &with_cookie).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert!(
         headers[header::SET_COOKIE]
@@ -406,15 +419,36 @@ async fn the_dashboard_page_is_served_whole_with_a_strict_policy(pool: PgPool) {
 
     let (status, headers, page) = send(&app, Method::GET, "/dashboard", &[]).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(headers[header::CONTENT_TYPE].to_str().expect("ascii").starts_with("text/html"));
-    let policy = headers[header::CONTENT_SECURITY_POLICY].to_str().expect("ascii");
+    assert!(
+        headers[header::CONTENT_TYPE]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/html")
+    );
+    let policy = headers[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .expect("ascii");
     assert!(policy.contains("default-src 'none'") && policy.contains("script-src 'self'"));
     assert!(page.contains("src=\"/dashboard/app.js\""));
-    assert!(!page.contains("http://") && !page.contains("https://"), "nothing from elsewhere");
-    for (path, kind) in [("/dashboard/app.js", "text/javascript"), ("/dashboard/app.css", "text/css")] {
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "nothing from elsewhere"
+    );
+    for (path, kind) in [
+        ("/dashboard/app.js", "text/javascript"),
+        ("/dashboard/app.css", "text/css"),
+    ] {
         let (status, headers, body) = send(&app, Method::GET, path, &[]).await;
         assert_eq!(status, StatusCode::OK, "{path}");
-        assert!(headers[header::CONTENT_TYPE].to_str().expect("ascii").starts_with(kind));
-        assert!(!body.contains("http://") && !body.contains("https://"), "{path}");
+        assert!(
+            headers[header::CONTENT_TYPE]
+                .to_str()
+                .expect("ascii")
+                .starts_with(kind)
+        );
+        assert!(
+            !body.contains("http://") && !body.contains("https://"),
+            "{path}"
+        );
     }
 }

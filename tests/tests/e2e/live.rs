@@ -28,14 +28,20 @@ async fn a_delivery_stream_follows_the_pipeline_in_version_order_and_resumes() {
     let stack = TestStack::start(3).await;
     let id = Uuid::from_u128(0x5001);
     stack.walk(id, 1, Fate::Created).await;
-    let (status, _) = stack.query(&format!("/deliveries/{id}?min_version=1")).await;
+    let (status, _) = stack
+        .query(&format!("/deliveries/{id}?min_version=1"))
+        .await;
     assert_eq!(status, 200);
     let mut stream = open(&stack, &format!("/deliveries/{id}/stream"), None).await;
 
     let client = stack.clone_client();
     let rider = e2e::rider_token(1);
     let steps = [
-        ("assign", e2e::DISPATCHER.to_owned(), Some(json!({"rider_id": "rider-1"}))),
+        (
+            "assign",
+            e2e::DISPATCHER.to_owned(),
+            Some(json!({"rider_id": "rider-1"})),
+        ),
         ("pickup", rider.clone(), None),
         ("complete", rider, None),
     ];
@@ -50,19 +56,34 @@ async fn a_delivery_stream_follows_the_pipeline_in_version_order_and_resumes() {
     // projector applied in one batch arrive as one state.
     let mut seen = Vec::new();
     while seen.last() != Some(&4) {
-        let event = stream.next_event(DEADLINE).await.expect("the stream goes on");
-        let version: i64 = event.id.as_deref().expect("an id").parse().expect("a version");
+        let event = stream
+            .next_event(DEADLINE)
+            .await
+            .expect("the stream goes on");
+        let version: i64 = event
+            .id
+            .as_deref()
+            .expect("an id")
+            .parse()
+            .expect("a version");
         let state = event.json();
         assert_eq!(state["version"], version);
-        let expected = ["created", "rider_assigned", "picked_up", "completed"][version as usize - 1];
+        let expected =
+            ["created", "rider_assigned", "picked_up", "completed"][version as usize - 1];
         assert_eq!(state["status"], expected, "version {version}");
         seen.push(version);
     }
-    assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order, none twice: {seen:?}");
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "in order, none twice: {seen:?}"
+    );
 
     // A client that had version 2 gets the current state at once, and only that.
     let mut resumed = open(&stack, &format!("/deliveries/{id}/stream"), Some("2")).await;
-    let current = resumed.next_event(DEADLINE).await.expect("the current state");
+    let current = resumed
+        .next_event(DEADLINE)
+        .await
+        .expect("the current state");
     assert_eq!(current.id.as_deref(), Some("4"));
     stack.shutdown().await;
 }
@@ -110,13 +131,22 @@ fn expected_counts(fates: &[(Fate, u32)]) -> (Vec<(&'static str, usize)>, usize,
         Fate::PickedUp | Fate::CancelledAfterAssignment => 3,
         Fate::Completed => 4,
     };
-    let counts = ["created", "rider_assigned", "picked_up", "completed", "cancelled"]
-        .into_iter()
-        .map(|name| {
-            let count = fates.iter().filter(|(fate, _)| status(*fate) == name).count();
-            (name, count)
-        })
-        .collect();
+    let counts = [
+        "created",
+        "rider_assigned",
+        "picked_up",
+        "completed",
+        "cancelled",
+    ]
+    .into_iter()
+    .map(|name| {
+        let count = fates
+            .iter()
+            .filter(|(fate, _)| status(*fate) == name)
+            .count();
+        (name, count)
+    })
+    .collect();
     let active: BTreeSet<u32> = fates
         .iter()
         .filter(|(fate, _)| matches!(fate, Fate::Assigned | Fate::PickedUp))
@@ -132,7 +162,9 @@ async fn the_dashboard_in_a_real_browser_changes_live_as_commands_are_sent() {
     let browser = Browser::start().await;
     browser.goto(&stack.query_url("/dashboard")).await;
     eventually(DEADLINE, "the sign-in form", || async {
-        let shown = browser.run("return !document.getElementById('sign-in').hidden").await;
+        let shown = browser
+            .run("return !document.getElementById('sign-in').hidden")
+            .await;
         shown.as_bool().filter(|shown| *shown)
     })
     .await;
@@ -143,15 +175,22 @@ async fn the_dashboard_in_a_real_browser_changes_live_as_commands_are_sent() {
     })
     .await;
     // A reload would lose this.
-    browser.run("window.stillTheSamePage = 'yes'; return true").await;
+    browser
+        .run("window.stillTheSamePage = 'yes'; return true")
+        .await;
     let cookie = browser.run("return document.cookie").await;
-    assert_eq!(cookie, "", "the session cookie is HttpOnly: scripts cannot read it");
+    assert_eq!(
+        cookie, "",
+        "the session cookie is HttpOnly: scripts cannot read it"
+    );
 
     let fates: Vec<(Fate, u32)> = (0..12)
         .map(|n| (Fate::ALL[n % Fate::ALL.len()], 1 + (n as u32 % 9)))
         .collect();
     for (n, (fate, rider)) in fates.iter().enumerate() {
-        stack.walk(Uuid::from_u128(0x5200 + n as u128), *rider, *fate).await;
+        stack
+            .walk(Uuid::from_u128(0x5200 + n as u128), *rider, *fate)
+            .await;
     }
     let (counts, active_riders, events) = expected_counts(&fates);
     for (status, count) in counts {
@@ -166,14 +205,19 @@ async fn the_dashboard_in_a_real_browser_changes_live_as_commands_are_sent() {
         Some(active_riders.to_string())
     );
     eventually(DEADLINE, "every event in the feed", || async {
-        let shown = browser.run("return document.querySelectorAll('#feed li').length").await;
+        let shown = browser
+            .run("return document.querySelectorAll('#feed li').length")
+            .await;
         (shown.as_u64() == Some(events as u64)).then_some(())
     })
     .await;
     let newest = browser
         .run("return document.querySelector('#feed li').dataset.type")
         .await;
-    assert!(newest.as_str().is_some_and(|t| t.starts_with("delivery.")), "{newest}");
+    assert!(
+        newest.as_str().is_some_and(|t| t.starts_with("delivery.")),
+        "{newest}"
+    );
     assert_eq!(
         browser.run("return window.stillTheSamePage").await,
         "yes",
