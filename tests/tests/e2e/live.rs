@@ -89,8 +89,14 @@ async fn a_delivery_stream_follows_the_pipeline_in_version_order_and_resumes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stopping_the_query_api_ends_its_open_streams_instead_of_waiting_for_them() {
+async fn past_the_bound_streams_are_refused_and_stopping_ends_the_open_ones() {
     let mut stack = TestStack::start(1).await;
+    stack.stop_query_api().await;
+    let bounded = query_api::LiveConfig {
+        max_streams: 3,
+        ..query_api::LiveConfig::default()
+    };
+    stack.start_query_api_with(bounded).await;
     let id = Uuid::from_u128(0x5101);
     stack.walk(id, 1, Fate::Created).await;
     stack.wait_for_projection(DEADLINE).await;
@@ -100,6 +106,19 @@ async fn stopping_the_query_api_ends_its_open_streams_instead_of_waiting_for_the
         open(&stack, &format!("/deliveries/{id}/stream"), None).await,
     ];
     assert_eq!(stack.query_live().open_streams(), 3);
+
+    // One more is refused at once, as a problem a client knows to retry.
+    let request = stack
+        .http
+        .get(stack.query_url("/stats/stream"))
+        .bearer_auth(READER);
+    let Err(refused) = SseStream::open(request).await else {
+        panic!("a fourth stream past a bound of three");
+    };
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    let problem: serde_json::Value = refused.json().await.expect("a problem");
+    assert_eq!(problem["code"], "too-many-streams");
 
     // A graceful shutdown waits for open responses: it ends only because the streams do.
     tokio::time::timeout(DEADLINE, stack.stop_query_api())
