@@ -59,6 +59,19 @@ ensure_nisshi() {
         --root "$NISSHI_ROOT" >&2
 }
 
+# Headless chromium and its WebDriver, for the dashboard's browser test
+# (tests/tests/e2e/live.rs). Debian's packages; installed once per machine.
+ensure_chromium() {
+    if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+        return 0
+    fi
+    echo "installing chromium and chromium-driver (once per machine)" >&2
+    local sudo=""
+    [ "$(id -u)" = 0 ] || sudo=sudo
+    $sudo apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >&2
+}
+
 # Waits until HOST:PORT accepts TCP connections, for at most SECONDS.
 wait_for_port() {
     local address=$1 seconds=$2

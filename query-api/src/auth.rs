@@ -53,7 +53,7 @@ impl Tokens {
     }
 
     /// Whether the request carries `Authorization: Bearer <one of the tokens>`.
-    fn admits(&self, headers: &HeaderMap) -> bool {
+    pub(crate) fn admits(&self, headers: &HeaderMap) -> bool {
         headers
             .get(AUTHORIZATION)
             .and_then(|value| value.to_str().ok())

@@ -5,6 +5,7 @@ use crate::auth::Tokens;
 use crate::bounds::{HttpBounds, PoolBounds};
 use crate::freshness::{DEFAULT_MAX_WAITERS, FreshnessWatch};
 use crate::http::{AppState, app_with_bounds};
+use crate::live::{Live, LiveConfig};
 use anyhow::Context;
 use sqlx::postgres::PgConnectOptions;
 use std::net::SocketAddr;
@@ -59,6 +60,24 @@ pub struct Config {
     #[arg(long, env = "QUERY_API_MAX_CONCURRENT_REQUESTS", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_concurrent_requests: u32,
+    /// Live streams (`/deliveries/{id}/stream`, `/stats/stream`, `/events/stream`) open at
+    /// once; past this a new stream gets 503 `too-many-streams` at once. They do not count
+    /// against QUERY_API_MAX_CONCURRENT_REQUESTS.
+    #[arg(long, env = "QUERY_API_MAX_STREAMS", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_streams: u32,
+    /// Seconds between keep-alive comments on an idle live stream.
+    #[arg(long, env = "QUERY_API_STREAM_KEEP_ALIVE_SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub stream_keep_alive_secs: u64,
+    /// How long a dashboard session (its cookie) lasts, in seconds.
+    #[arg(long, env = "QUERY_API_DASHBOARD_SESSION_SECS", default_value_t = 8 * 3600,
+          value_parser = clap::value_parser!(u64).range(60..=7 * 24 * 3600))]
+    pub dashboard_session_secs: u64,
+    /// Marks the dashboard's session cookie `Secure` (sent over HTTPS only): set it whenever
+    /// the API is reached through TLS.
+    #[arg(long, env = "QUERY_API_SECURE_COOKIE")]
+    pub secure_cookie: bool,
 }
 
 /// Every bound the configuration sets.
@@ -68,6 +87,7 @@ pub struct Bounds {
     pub pool: PoolBounds,
     /// Reads waiting for the projector at once (`FreshnessWatch::with_max_waiters`).
     pub max_waiters: usize,
+    pub live: LiveConfig,
 }
 
 /// Bounds that contradict each other.
@@ -110,10 +130,18 @@ impl Config {
             acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
             statement_timeout: Duration::from_millis(self.statement_timeout_ms),
         };
+        let live = LiveConfig {
+            max_streams: self.max_streams as usize,
+            keep_alive: Duration::from_secs(self.stream_keep_alive_secs),
+            session_ttl: Duration::from_secs(self.dashboard_session_secs),
+            secure_cookie: self.secure_cookie,
+            ..LiveConfig::default()
+        };
         Ok(Bounds {
             http,
             pool,
             max_waiters: self.max_waiters as usize,
+            live,
         })
     }
 }
@@ -136,13 +164,21 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .context("listening for projector commits")?
         .with_max_waiters(bounds.max_waiters);
+    let live = Live::new(bounds.live);
     let state = AppState {
         pool,
         tokens,
         max_wait: Duration::from_millis(config.max_wait_ms),
         freshness,
+        live: live.clone(),
     };
-    // In-flight reads finish before the process exits.
+    // Live streams never end by themselves: end them at the signal, or the graceful shutdown
+    // below would wait for them forever. In-flight reads finish before the process exits.
+    let shutdown = platform::service::cancel_on_shutdown();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        live.close();
+    });
     platform::service::serve(
         app_with_bounds(state, bounds.http),
         config.listen,
@@ -173,6 +209,7 @@ mod tests {
         assert_eq!(bounds.http, HttpBounds::default());
         assert_eq!(bounds.pool, PoolBounds::default());
         assert_eq!(bounds.max_waiters, DEFAULT_MAX_WAITERS);
+        assert_eq!(bounds.live, LiveConfig::default());
         assert!(
             Config::try_parse_from(["query-api", "--tokens", "x", "--db-connections", "1"])
                 .is_err()
@@ -189,6 +226,10 @@ mod tests {
             "QUERY_API_STATEMENT_TIMEOUT_MS",
             "QUERY_API_REQUEST_TIMEOUT_MS",
             "QUERY_API_MAX_CONCURRENT_REQUESTS",
+            "QUERY_API_MAX_STREAMS",
+            "QUERY_API_STREAM_KEEP_ALIVE_SECS",
+            "QUERY_API_DASHBOARD_SESSION_SECS",
+            "QUERY_API_SECURE_COOKIE",
         ] {
             assert!(help.contains(variable), "{variable} missing from --help");
         }

@@ -105,7 +105,7 @@ pub(crate) async fn get(
     row.map(Json).ok_or(ApiError::DeliveryNotFound)
 }
 
-async fn fetch(pool: &PgPool, id: Uuid) -> Result<Option<DeliveryView>, ApiError> {
+pub(crate) async fn fetch(pool: &PgPool, id: Uuid) -> Result<Option<DeliveryView>, ApiError> {
     let row: Option<DeliveryRow> = sqlx::query_as(&format!(
         "select {DELIVERY_COLUMNS} from deliveries where delivery_id = $1"
     ))

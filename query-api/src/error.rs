@@ -17,6 +17,9 @@ pub enum ApiError {
     RiderNotFound,
     #[error("{0}")]
     InvalidQuery(String),
+    /// A request header this API reads (`Last-Event-ID`) that it cannot read.
+    #[error("{0}")]
+    InvalidHeader(String),
     /// The read model is behind the version a client has already seen acknowledged.
     #[error(
         "version {requested} is not projected yet (the read model is at version {projected}); \
@@ -34,6 +37,9 @@ pub enum ApiError {
     /// As many requests as allowed are in flight (`--max-concurrent-requests`): shed, not queued.
     #[error("the query API is at its concurrency limit; retry shortly")]
     Overloaded,
+    /// As many live streams as allowed are open (`--max-streams`).
+    #[error("the query API has as many live streams open as it allows; retry shortly")]
+    TooManyStreams,
     /// The whole request took longer than `--request-timeout-ms`.
     #[error("the read took longer than the request timeout; retry shortly")]
     RequestTimedOut,
@@ -62,11 +68,12 @@ impl ApiError {
                 StatusCode::NOT_FOUND
             }
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            ApiError::InvalidQuery(_) | ApiError::InvalidHeader(_) => StatusCode::BAD_REQUEST,
             ApiError::NotYetProjected { .. }
             | ApiError::ProjectionUnavailable
             | ApiError::TooManyWaiters
             | ApiError::Overloaded
+            | ApiError::TooManyStreams
             | ApiError::RequestTimedOut
             | ApiError::ReadTimedOut
             | ApiError::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -81,10 +88,12 @@ impl ApiError {
             ApiError::DeliveryNotFound => "delivery-not-found",
             ApiError::RiderNotFound => "rider-not-found",
             ApiError::InvalidQuery(_) => "invalid-query",
+            ApiError::InvalidHeader(_) => "invalid-header",
             ApiError::NotYetProjected { .. } => "not-yet-projected",
             ApiError::ProjectionUnavailable => "projection-unavailable",
             ApiError::TooManyWaiters => "too-many-waiters",
             ApiError::Overloaded => "overloaded",
+            ApiError::TooManyStreams => "too-many-streams",
             ApiError::RequestTimedOut => "request-timed-out",
             ApiError::ReadTimedOut => "read-timed-out",
             ApiError::DatabaseUnavailable(_) => "database-unavailable",

@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, broadcast, watch};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -44,7 +44,13 @@ pub struct FreshnessWatch {
     waiters: Arc<Semaphore>,
     max_waiters: usize,
     status: Arc<ListenerStatus>,
+    /// Every payload heard, as sent, for the live views (`live`); an empty one after a
+    /// reconnect ("anything may have moved").
+    announcements: broadcast::Sender<Arc<str>>,
 }
+
+/// Payloads buffered for a live-view reader that falls behind.
+const ANNOUNCEMENTS_BUFFER: usize = 1024;
 
 /// The outcome of a read that waits for the projection to catch up.
 #[derive(Debug)]
@@ -65,12 +71,14 @@ impl FreshnessWatch {
         let (commits, receiver) = watch::channel(0);
         let heard = Arc::new(Mutex::new(Heard::default()));
         let status = Arc::new(ListenerStatus::listening());
+        let announcements = broadcast::channel(ANNOUNCEMENTS_BUFFER).0;
         tokio::spawn(keep_listening(
             pool.clone(),
             listener,
             commits,
             heard.clone(),
             status.clone(),
+            announcements.clone(),
         ));
         Ok(Self {
             commits: receiver,
@@ -78,6 +86,7 @@ impl FreshnessWatch {
             waiters: Arc::new(Semaphore::new(DEFAULT_MAX_WAITERS)),
             max_waiters: DEFAULT_MAX_WAITERS,
             status,
+            announcements,
         })
     }
 
@@ -107,6 +116,17 @@ impl FreshnessWatch {
     /// A receiver whose value moves on every projection commit (for tests and tooling).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.commits.clone()
+    }
+
+    /// Every notification payload heard from now on, as sent (parse it with
+    /// `platform::read_model::parse_notification`).
+    pub(crate) fn announcements(&self) -> broadcast::Receiver<Arc<str>> {
+        self.announcements.subscribe()
+    }
+
+    /// Moves whenever something may have changed unannounced (see `Heard::anything`).
+    pub(crate) fn anything_heard(&self) -> u64 {
+        lock(&self.heard).anything
     }
 
     /// Runs `read` until `ready` accepts its result or `wait` has passed. With `awaited`
@@ -172,7 +192,7 @@ impl FreshnessWatch {
     }
 
     /// Whether the notifications since a read could have changed what it would see.
-    fn worth_reading(&self, awaited: Option<(Uuid, i64)>, anything_before: u64) -> bool {
+    pub(crate) fn worth_reading(&self, awaited: Option<(Uuid, i64)>, anything_before: u64) -> bool {
         let heard = lock(&self.heard);
         match awaited {
             None => true,

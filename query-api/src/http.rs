@@ -4,8 +4,9 @@ use crate::auth::{Tokens, require_token};
 use crate::bounds::{Gate, HttpBounds, bound};
 use crate::error::ApiError;
 use crate::freshness::{FreshnessWatch, Waited};
+use crate::live::Live;
 use crate::metrics::{self, Freshness};
-use crate::{deliveries, history, riders, stats};
+use crate::{dashboard, deliveries, history, live, riders, stats};
 use axum::extract::{FromRef, FromRequestParts, Path};
 use axum::http::request::Parts;
 use axum::routing::get;
@@ -28,6 +29,8 @@ pub struct AppState {
     /// The longest a `?min_version=` read waits for the projector before answering 503.
     pub max_wait: Duration,
     pub freshness: FreshnessWatch,
+    /// The live streams' bound, shutdown switch and dashboard sessions.
+    pub live: Live,
 }
 
 /// The query API as a router with the default [`HttpBounds`], ready to serve or to drive in
@@ -57,6 +60,7 @@ pub fn app_with_bounds(state: AppState, bounds: HttpBounds) -> Router {
         .route_layer(middleware::from_fn(metrics::track_route));
     Router::new()
         .merge(reads)
+        .merge(live::routes(&state).merge(dashboard::routes()))
         .route("/health", get(|| async { "ok" }))
         .route("/metrics", get(platform::service::metrics::scrape))
         .fallback(|| async { ApiError::RouteNotFound })

@@ -6,12 +6,15 @@
 //! (`deliveries`, `history`, `riders`, `stats`), each with its queries beside its handler;
 //! `freshness` waits for the projector for read-your-writes; `cursor` is the keyset
 //! pagination position; `auth` and `error` are the boundary; `bounds` limits the work taken
-//! on; `metrics` times routes and read-your-writes waits; `config` starts the binary.
+//! on; `metrics` times routes and read-your-writes waits; `config` starts the binary. `live`
+//! serves the server-sent event streams (and the dashboard's sessions), `dashboard` the page
+//! that follows them.
 
 pub mod auth;
 pub mod bounds;
 pub mod config;
 mod cursor;
+mod dashboard;
 mod deliveries;
 pub mod error;
 pub mod freshness;
@@ -19,6 +22,7 @@ mod history;
 mod http;
 mod listener;
 pub mod metrics;
+pub mod live;
 mod riders;
 mod stats;
 
@@ -29,3 +33,4 @@ pub use deliveries::DeliveryView;
 pub use error::ApiError;
 pub use freshness::FreshnessWatch;
 pub use http::{AppState, app, app_with_bounds};
+pub use live::{Live, LiveConfig};

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use uuid::Uuid;
 
 /// Deliveries whose heard version is remembered; past this the memory starts afresh (and every
@@ -124,6 +124,7 @@ pub(crate) async fn keep_listening(
     commits: watch::Sender<u64>,
     heard: Arc<Mutex<Heard>>,
     status: Arc<ListenerStatus>,
+    announcements: broadcast::Sender<Arc<str>>,
 ) {
     let bump = |n: &mut u64| *n = n.wrapping_add(1);
     let mut listener = Some(first);
@@ -150,6 +151,8 @@ pub(crate) async fn keep_listening(
                         // Commits while nobody listened were not heard: every waiter re-reads.
                         // After LISTEN, not before, so a commit in between is seen either way.
                         lock(&heard).anything += 1;
+                        // No live view listening is no error.
+                        let _ = announcements.send(Arc::from(""));
                         commits.send_modify(bump);
                         current
                     }
@@ -169,6 +172,7 @@ pub(crate) async fn keep_listening(
             match received {
                 Ok(Some(notification)) => {
                     lock(&heard).record(notification.payload());
+                    let _ = announcements.send(Arc::from(notification.payload()));
                     commits.send_modify(bump);
                 }
                 Err(sqlx::Error::PoolClosed) => return,

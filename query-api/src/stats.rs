@@ -14,9 +14,9 @@ pub(crate) struct Stats {
     numbers: Numbers,
 }
 
-/// Every status, always present, in lifecycle order.
-#[derive(Serialize, Default)]
-struct ByStatus {
+/// Every status, always present, in lifecycle order (also sent by `/stats/stream`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct ByStatus {
     created: i64,
     rider_assigned: i64,
     picked_up: i64,
@@ -25,7 +25,7 @@ struct ByStatus {
 }
 
 impl ByStatus {
-    fn count_mut(&mut self, status: Status) -> &mut i64 {
+    pub(crate) fn count_mut(&mut self, status: Status) -> &mut i64 {
         match status {
             Status::Created => &mut self.created,
             Status::RiderAssigned => &mut self.rider_assigned,

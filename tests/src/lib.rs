@@ -9,18 +9,22 @@
 //! For the end-to-end tests: [`TestStack`], the relay, projector and both APIs running
 //! in-process over a broker and fresh write and read databases, each of which a test can stop,
 //! kill and start again; a [`CommandClient`] that walks deliveries through the HTTP API;
-//! [`redact`] for snapshots; and [`Scrape`], a `/metrics` endpoint read and parsed.
+//! [`redact`] for snapshots; [`Scrape`], a `/metrics` endpoint read and parsed; [`sse`] to read
+//! the query API's live streams and [`Browser`], headless chromium, to drive its dashboard.
 
 pub mod broker;
+mod browser;
 mod client;
 pub mod db;
 mod inspect;
 mod redact;
 mod scrape;
+pub mod sse;
 mod stack;
 pub mod wait;
 
 pub use broker::{Broker, Publisher, free_port};
+pub use browser::Browser;
 pub use client::{CommandClient, Fate};
 pub use db::{FreshDatabase, admin_url, tamper};
 pub use redact::redact;

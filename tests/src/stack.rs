@@ -71,6 +71,8 @@ pub struct TestStack {
     pub http: reqwest::Client,
     command_api: Option<Served>,
     query_api: Option<Served>,
+    /// The query API's live streams, closed before it stops (as the binary does on a signal).
+    query_live: Option<query_api::Live>,
     relay: Option<Part>,
     projectors: Vec<Part>,
     /// The relay's and the projector's metrics watchers and HTTP listeners, when started.
@@ -110,6 +112,7 @@ impl TestStack {
             http: reqwest::Client::new(),
             command_api: None,
             query_api: None,
+            query_live: None,
             relay: None,
             projectors: Vec::new(),
             monitors: Vec::new(),
@@ -167,6 +170,12 @@ impl TestStack {
     }
 
     pub async fn start_query_api(&mut self) {
+        self.start_query_api_with(query_api::LiveConfig::default())
+            .await;
+    }
+
+    /// Starts the query API with the given live-stream bounds.
+    pub async fn start_query_api_with(&mut self, live: query_api::LiveConfig) {
         let options = self.read_database.options().username("query_api");
         let pool = PgPoolOptions::new()
             .max_connections(8)
@@ -180,7 +189,9 @@ impl TestStack {
             pool,
             tokens: query_api::Tokens::parse(READER).expect("tokens"),
             max_wait: Duration::from_secs(5),
+            live: query_api::Live::new(live),
         };
+        self.query_live = Some(state.live.clone());
         self.query_api = Some(serve(query_api::app(state)).await);
     }
 
@@ -252,7 +263,12 @@ impl TestStack {
         }
     }
 
+    /// Stops the query API as its binary does on a signal: live streams end, then requests in
+    /// flight finish.
     pub async fn stop_query_api(&mut self) {
+        if let Some(live) = self.query_live.take() {
+            live.close();
+        }
         if let Some(served) = self.query_api.take() {
             served.part.stop().await;
         }
@@ -267,6 +283,11 @@ impl TestStack {
     pub fn command_url(&self, path: &str) -> String {
         let served = self.command_api.as_ref().expect("the command API runs");
         format!("{}{path}", served.address)
+    }
+
+    /// The query API's live streams (how many are open, for tests).
+    pub fn query_live(&self) -> &query_api::Live {
+        self.query_live.as_ref().expect("the query API runs")
     }
 
     pub fn query_url(&self, path: &str) -> String {

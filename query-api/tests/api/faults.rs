@@ -59,6 +59,7 @@ pub async fn bounded_app(options: PgConnectOptions, bounded: Bounded) -> (Router
         tokens: Tokens::parse(TOKEN).expect("test token is valid"),
         max_wait: bounded.max_wait,
         freshness: freshness.clone(),
+        live: Default::default(),
     };
     (app_with_bounds(state, bounded.http), freshness)
 }

@@ -4,12 +4,14 @@
 //! One test binary; its modules live beside this file, its snapshots in `snapshots/`.
 
 mod bounds;
+mod dashboard;
 mod deliveries;
 mod errors;
 mod faults;
 mod freshness;
 mod history;
 mod listing;
+mod live;
 mod outage;
 mod reader_role;
 mod riders;

@@ -39,6 +39,7 @@ async fn with_the_read_database_unreachable_every_read_is_a_503_with_retry_after
         tokens: Tokens::parse(TOKEN).expect("token"),
         max_wait: Duration::from_secs(5),
         freshness,
+        live: Default::default(),
     });
     for path in [
         format!("/deliveries/{D1}"),

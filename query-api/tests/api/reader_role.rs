@@ -62,6 +62,7 @@ async fn the_reader_login_can_select_but_not_change_a_query_table(pool: PgPool) 
         tokens: Tokens::parse(crate::support::TOKEN).expect("token"),
         max_wait: Duration::from_secs(1),
         freshness,
+        live: Default::default(),
     });
     let reply = get(&app, &format!("/deliveries/{D1}")).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);

@@ -43,6 +43,7 @@ pub async fn test_app(pool: PgPool) -> Router {
         tokens: Tokens::parse(&format!("{TOKEN},{OTHER_TOKEN}")).expect("test tokens are valid"),
         max_wait: Duration::from_secs(5),
         freshness,
+        live: Default::default(),
     })
 }
 

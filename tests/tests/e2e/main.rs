@@ -2,6 +2,7 @@
 //! (nisshi, started per test), and the relay, projector and both APIs.
 
 mod isolation;
+mod live;
 mod pipeline;
 mod projector_failures;
 mod rebuild;
