@@ -82,3 +82,50 @@ wait_for_port() {
     echo "nothing listens on $address after ${seconds}s" >&2
     return 1
 }
+
+# sqlx-cli, for `cargo sqlx prepare`: installed once per machine into a cache outside the repo,
+# Postgres support only (a few minutes on 2 cores). Its version is the sqlx of Cargo.lock: the
+# offline data it writes must be what that sqlx's macros read.
+SQLX_CLI_VERSION=0.8.6
+SQLX_CLI_ROOT="${SQLX_CLI_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/delivery-platform/sqlx-cli}"
+
+ensure_sqlx_cli() {
+    export PATH="$SQLX_CLI_ROOT/bin:$PATH"
+    if [ -x "$SQLX_CLI_ROOT/bin/cargo-sqlx" ] && sqlx --version 2>/dev/null | grep -q " $SQLX_CLI_VERSION\$"; then
+        return 0
+    fi
+    echo "installing sqlx-cli $SQLX_CLI_VERSION into $SQLX_CLI_ROOT (once per machine)" >&2
+    cargo install sqlx-cli --version "$SQLX_CLI_VERSION" --locked --no-default-features \
+        --features postgres --root "$SQLX_CLI_ROOT" >&2
+}
+
+# (Re)creates database NAME with every table the compile-checked statements use. Write and read are separate databases in production, each with its own migration
+# history, so each is migrated into a database of its own first (by sqlx's migrator, from the
+# same migrations/ directories `migrate` embeds); their schemas, without the migration
+# bookkeeping, are then restored into NAME with ON_ERROR_STOP, so a table, function or index
+# name both sides define fails here instead of silently hiding one of them. The projections'
+# tables come from their current DDL in projector/sql (ADR 0008), created in a schema that
+# comes first on NAME's search_path, so statements are checked against the tables a rebuild
+# would make, not only the migrations' first definitions. Needs ensure_sqlx_cli.
+create_sqlx_check_database() {
+    local name=$1 part ddl
+    check_db_psql() { PGOPTIONS="${PGOPTIONS:-} -c client_min_messages=warning" psql -q -v ON_ERROR_STOP=1 "$@" >/dev/null; }
+    for part in "$name" "${name}_write" "${name}_read"; do
+        check_db_psql -d "$POSTGRES_URL/postgres" -c "drop database if exists \"$part\" with (force)" \
+            -c "create database \"$part\""
+    done
+    sqlx migrate run --source migrations/write --database-url "$POSTGRES_URL/${name}_write" >&2
+    sqlx migrate run --source migrations/read --database-url "$POSTGRES_URL/${name}_read" >&2
+    for part in write read; do
+        pg_dump --schema-only --no-owner --exclude-table=_sqlx_migrations \
+            "$POSTGRES_URL/${name}_$part" | check_db_psql -d "$POSTGRES_URL/$name"
+        check_db_psql -d "$POSTGRES_URL/postgres" -c "drop database \"${name}_$part\""
+    done
+    check_db_psql -d "$POSTGRES_URL/$name" -c "create schema projection_ddl"
+    # Tables first, then their indexes (a unique index may be what an ON CONFLICT names).
+    for ddl in $(ls projector/sql/*.sql | grep -v '\.indexes\.sql$') projector/sql/*.indexes.sql; do
+        PGOPTIONS="-c search_path=projection_ddl" check_db_psql -d "$POSTGRES_URL/$name" -f "$ddl"
+    done
+    check_db_psql -d "$POSTGRES_URL/postgres" \
+        -c "alter database \"$name\" set search_path = projection_ddl, public"
+}

@@ -234,6 +234,7 @@ pub(crate) async fn fresh_database(url: &str) -> anyhow::Result<()> {
         .context("the read database URL names no database")?
         .to_owned();
     let mut admin = options.clone().database("postgres").connect().await?;
+    // Dynamic: a database named at run time.
     admin
         .execute(format!("drop database if exists \"{name}\" with (force)").as_str())
         .await?;

@@ -86,13 +86,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 async fn settle(url: &str) -> anyhow::Result<()> {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(url).await?;
-    sqlx::query("vacuum (analyze)").execute(&mut conn).await?;
-    sqlx::query("checkpoint").execute(&mut conn).await?;
+    sqlx::query!("vacuum (analyze)").execute(&mut conn).await?;
+    sqlx::query!("checkpoint").execute(&mut conn).await?;
     let deadline = Instant::now() + std::time::Duration::from_secs(120);
     while Instant::now() < deadline {
-        let vacuuming: i64 = sqlx::query_scalar(
-            "select count(*) from pg_stat_activity \
-             where backend_type = 'autovacuum worker' and datname = current_database()",
+        let vacuuming: i64 = sqlx::query_scalar!(
+            r#"select count(*) as "workers!" from pg_stat_activity
+               where backend_type = 'autovacuum worker' and datname = current_database()"#,
         )
         .fetch_one(&mut conn)
         .await?;

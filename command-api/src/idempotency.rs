@@ -80,17 +80,6 @@ impl Fingerprint<'_> {
     }
 }
 
-/// Records a placeholder outcome while the key is claimed. No one else ever sees it: the
-/// transaction replaces it with the verdict before it commits, and rolls it back otherwise.
-const CLAIM: &str = "
-insert into idempotency_keys as k (actor, key, request_hash, response_status, response_body)
-values ($1, $2, $3, 0, 'null')
-on conflict (actor, key) do update
-    set request_hash = excluded.request_hash, response_status = excluded.response_status,
-        response_body = excluded.response_body, created_at = excluded.created_at
-    where k.created_at < now() - make_interval(secs => $4)
-returning true";
-
 impl IdempotentRequest {
     pub fn new(actor: String, key: String, fingerprint: &Fingerprint<'_>) -> Self {
         Self {
@@ -108,30 +97,41 @@ impl IdempotentRequest {
         conn: &mut PgConnection,
         ttl: Duration,
     ) -> Result<Claim, sqlx::Error> {
-        let claimed: Option<bool> = sqlx::query_scalar(CLAIM)
-            .bind(&self.actor)
-            .bind(&self.key)
-            .bind(&self.request_hash)
-            .bind(ttl.as_secs_f64())
-            .fetch_optional(&mut *conn)
-            .await?;
+        // Records a placeholder outcome while the key is claimed. No one else ever sees it:
+        // the transaction replaces it with the verdict before it commits, and rolls it back
+        // otherwise.
+        let claimed: Option<bool> = sqlx::query_scalar!(
+            r#"
+            insert into idempotency_keys as k
+                (actor, key, request_hash, response_status, response_body)
+            values ($1, $2, $3, 0, 'null')
+            on conflict (actor, key) do update
+                set request_hash = excluded.request_hash,
+                    response_status = excluded.response_status,
+                    response_body = excluded.response_body, created_at = excluded.created_at
+                where k.created_at < now() - make_interval(secs => $4)
+            returning true as "claimed!""#,
+            &self.actor,
+            &self.key,
+            &self.request_hash,
+            ttl.as_secs_f64(),
+        )
+        .fetch_optional(&mut *conn)
+        .await?;
         if claimed.is_some() {
             return Ok(Claim::Claimed);
         }
         // A new statement sees what the first attempt committed.
-        let (request_hash, status, body) = sqlx::query_as(
-            "select request_hash, response_status, response_body from idempotency_keys \
-             where actor = $1 and key = $2",
+        let recorded = sqlx::query_as!(
+            StoredResponse,
+            "select request_hash, response_status as status, response_body as body \
+             from idempotency_keys where actor = $1 and key = $2",
+            &self.actor,
+            &self.key,
         )
-        .bind(&self.actor)
-        .bind(&self.key)
         .fetch_one(&mut *conn)
         .await?;
-        Ok(Claim::Recorded(StoredResponse {
-            request_hash,
-            status,
-            body,
-        }))
+        Ok(Claim::Recorded(recorded))
     }
 
     /// Records the verdict on the claimed key, in the same transaction as the command.
@@ -143,14 +143,14 @@ impl IdempotentRequest {
     ) -> Result<(), sqlx::Error> {
         let status = i16::try_from(status)
             .map_err(|_| sqlx::Error::Protocol(format!("status {status} out of range")))?;
-        sqlx::query(
+        sqlx::query!(
             "update idempotency_keys set response_status = $3, response_body = $4 \
              where actor = $1 and key = $2",
+            &self.actor,
+            &self.key,
+            status,
+            body,
         )
-        .bind(&self.actor)
-        .bind(&self.key)
-        .bind(status)
-        .bind(body)
         .execute(conn)
         .await?;
         Ok(())
@@ -163,16 +163,16 @@ pub async fn purge_expired(pool: &PgPool, ttl: Duration, batch: i64) -> Result<u
     let batch = batch.max(1);
     let mut deleted = 0;
     loop {
-        let done = sqlx::query(
+        let done = sqlx::query!(
             "with expired as ( \
                  select actor, key from idempotency_keys \
                  where created_at < now() - make_interval(secs => $1) \
                  order by created_at limit $2 for update skip locked) \
              delete from idempotency_keys k using expired e \
              where k.actor = e.actor and k.key = e.key",
+            ttl.as_secs_f64(),
+            batch,
         )
-        .bind(ttl.as_secs_f64())
-        .bind(batch)
         .execute(pool)
         .await?
         .rows_affected();

@@ -126,10 +126,12 @@ pub fn recovery(error: &RelayError, fatal: Option<RDKafkaErrorCode>) -> Recovery
 /// Takes the relay's leader lock on `conn` if no other relay holds it. The lock lives as long
 /// as the connection, so a relay that dies releases it.
 pub async fn try_become_leader(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("select pg_try_advisory_lock($1)")
-        .bind(LEADER_LOCK)
-        .fetch_one(conn)
-        .await
+    sqlx::query_scalar!(
+        r#"select pg_try_advisory_lock($1) as "locked!""#,
+        LEADER_LOCK
+    )
+    .fetch_one(conn)
+    .await
 }
 
 /// Why a relay stopped leading (or standing by) before shutdown.
@@ -291,13 +293,16 @@ pub async fn publish_batch(
     producer: &FutureProducer,
     config: &RelayConfig,
 ) -> Result<usize, RelayError> {
-    let rows: Vec<(i64, String, serde_json::Value, serde_json::Value)> = sqlx::query_as(
+    let rows: Vec<(i64, String, serde_json::Value, serde_json::Value)> = sqlx::query!(
         "select position, aggregateid, payload, headers from outbox \
          where published_at is null order by position limit $1",
+        config.batch_size,
     )
-    .bind(config.batch_size)
     .fetch_all(pool)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|row| (row.position, row.aggregateid, row.payload, row.headers))
+    .collect();
     if rows.is_empty() {
         return Ok(0);
     }
@@ -353,13 +358,15 @@ pub async fn publish_batch(
         // A mark lost in a database crash only means the row is published again (a duplicate,
         // which consumers skip by version): the next round need not wait for the WAL flush.
         let mut tx = pool.begin().await?;
-        sqlx::query("set local synchronous_commit = off")
+        sqlx::query!("set local synchronous_commit = off")
             .execute(&mut *tx)
             .await?;
-        sqlx::query("update outbox set published_at = now() where position = any($1)")
-            .bind(&acknowledged)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query!(
+            "update outbox set published_at = now() where position = any($1)",
+            &acknowledged,
+        )
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         monitor::published(acknowledged.len(), acknowledged_in);
     }

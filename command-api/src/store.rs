@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, SubsecRound, Utc};
 use domain::{DeliveryId, Event, EventEnvelope, SCHEMA_VERSION};
-use platform::stored::{STORED_EVENT_COLUMNS, StoredEvent};
+use platform::stored::StoredEvent;
 use serde_json::json;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -62,40 +62,20 @@ pub async fn load(
     conn: &mut PgConnection,
     delivery_id: DeliveryId,
 ) -> Result<Vec<EventEnvelope>, StoreError> {
-    let rows: Vec<StoredEvent> = sqlx::query_as(&format!(
-        "select {STORED_EVENT_COLUMNS} from events where delivery_id = $1 order by version"
-    ))
-    .bind(delivery_id.as_uuid())
+    // query_as! checks at compile time that the columns are exactly StoredEvent's fields.
+    let rows: Vec<StoredEvent> = sqlx::query_as!(
+        StoredEvent,
+        "select delivery_id, event_id, version, event_type, schema_version, payload, metadata, \
+             occurred_at, recorded_at, hash \
+         from events where delivery_id = $1 order by version",
+        delivery_id.as_uuid(),
+    )
     .fetch_all(conn)
     .await?;
     rows.into_iter()
         .map(|row| EventEnvelope::try_from(row).map_err(|e| StoreError::Corrupt(e.to_string())))
         .collect()
 }
-
-/// One statement per event writes the event and its outbox record; both commit or neither.
-/// The outbox payload is the envelope the event store now holds, `recorded_at` included.
-///
-/// `recorded_at` is the database clock when the row is written (`clock_timestamp()`, not the
-/// transaction's start time `now()`, which comes before the command read its clock), and never
-/// earlier than `occurred_at`: should the command API's clock run ahead of the database's, the
-/// event counts as recorded the moment it happened. An auditor never sees an event recorded
-/// before it happened.
-const APPEND: &str = "
-with stored as (
-    insert into events
-        (event_id, delivery_id, version, event_type, schema_version, payload, metadata, occurred_at,
-         recorded_at, hash)
-    values ($1, $2, $3, $4, $5, $6, $7, $8, greatest(clock_timestamp(), $8), $11)
-    returning global_position, recorded_at
-), announced as (
-    insert into outbox (id, aggregatetype, aggregateid, type, payload, headers)
-    select $1, 'delivery', $2::text, $4,
-           $9::jsonb || jsonb_build_object('recorded_at', stored.recorded_at),
-           $10::jsonb || jsonb_build_object('recorded_at', stored.recorded_at::text)
-    from stored
-)
-select global_position from stored";
 
 /// Appends `events` as versions `current_version + 1 ...`, reading the hash of version
 /// `current_version` to continue the chain. For callers that did not load the history; those
@@ -106,13 +86,14 @@ pub async fn append(
     events: &[Event],
     causation: Causation,
 ) -> Result<Vec<Appended>, StoreError> {
-    let hash: Option<String> =
-        sqlx::query_scalar("select hash from events where delivery_id = $1 and version = $2")
-            .bind(events.first().map(|event| event.delivery_id.as_uuid()))
-            .bind(current_version)
-            .fetch_optional(&mut *conn)
-            .await?
-            .flatten();
+    let hash: Option<String> = sqlx::query_scalar!(
+        "select hash from events where delivery_id = $1 and version = $2",
+        events.first().map(|event| event.delivery_id.as_uuid()),
+        current_version,
+    )
+    .fetch_optional(&mut *conn)
+    .await?
+    .flatten();
     let head = Head {
         version: current_version,
         hash,
@@ -161,20 +142,45 @@ pub async fn append_after(
             "causation_id": causation.causation_id.to_string(),
             "actor": format!("{}:{}", event.actor.role, event.actor.id),
         });
-        let result = sqlx::query_scalar::<_, i64>(APPEND)
-            .bind(event_id)
-            .bind(event.delivery_id.as_uuid())
-            .bind(version)
-            .bind(event_type)
-            .bind(SCHEMA_VERSION)
-            .bind(&envelope.data)
-            .bind(sqlx::types::Json(envelope.metadata()))
-            .bind(envelope.occurred_at)
-            .bind(sqlx::types::Json(&envelope))
-            .bind(&headers)
-            .bind(&hash)
-            .fetch_one(&mut *conn)
-            .await;
+        // One statement per event writes the event and its outbox record; both commit or
+        // neither. The outbox payload is the envelope the event store now holds, `recorded_at`
+        // included.
+        //
+        // `recorded_at` is the database clock when the row is written (`clock_timestamp()`,
+        // not the transaction's start time `now()`, which comes before the command read its
+        // clock), and never earlier than `occurred_at`: should the command API's clock run
+        // ahead of the database's, the event counts as recorded the moment it happened. An
+        // auditor never sees an event recorded before it happened.
+        let result = sqlx::query_scalar!(
+            r#"
+            with stored as (
+                insert into events
+                    (event_id, delivery_id, version, event_type, schema_version, payload,
+                     metadata, occurred_at, recorded_at, hash)
+                values ($1, $2, $3, $4, $5, $6, $7, $8, greatest(clock_timestamp(), $8), $11)
+                returning global_position, recorded_at
+            ), announced as (
+                insert into outbox (id, aggregatetype, aggregateid, type, payload, headers)
+                select $1, 'delivery', $2::text, $4,
+                       $9::jsonb || jsonb_build_object('recorded_at', stored.recorded_at),
+                       $10::jsonb || jsonb_build_object('recorded_at', stored.recorded_at::text)
+                from stored
+            )
+            select global_position as "global_position!" from stored"#,
+            event_id,
+            event.delivery_id.as_uuid(),
+            version,
+            event_type,
+            SCHEMA_VERSION,
+            &envelope.data,
+            sqlx::types::Json(envelope.metadata()) as _,
+            envelope.occurred_at,
+            sqlx::types::Json(&envelope) as _,
+            &headers,
+            &hash,
+        )
+        .fetch_one(&mut *conn)
+        .await;
         let global_position = match result {
             Ok(position) => position,
             Err(sqlx::Error::Database(e))

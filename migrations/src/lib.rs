@@ -20,12 +20,14 @@ pub async fn create_database_if_missing(url: &str) -> Result<(), sqlx::Error> {
         .ok_or_else(|| sqlx::Error::Configuration("the database URL names no database".into()))?
         .to_owned();
     let mut admin = options.database("postgres").connect().await?;
-    let exists: bool =
-        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-            .bind(&name)
-            .fetch_one(&mut admin)
-            .await?;
+    let exists: bool = sqlx::query_scalar!(
+        r#"select exists (select 1 from pg_database where datname = $1::text) as "exists!""#,
+        &name,
+    )
+    .fetch_one(&mut admin)
+    .await?;
     if !exists {
+        // Dynamic: a database named at run time.
         let quoted = name.replace('"', "\"\"");
         match admin
             .execute(format!("create database \"{quoted}\"").as_str())
@@ -43,6 +45,7 @@ pub async fn create_database_if_missing(url: &str) -> Result<(), sqlx::Error> {
 /// Creates a login role for the query API that can only read the read database: a member of
 /// the reader role the read migrations create.
 pub async fn ensure_reader_login(pool: &PgPool, login: &str) -> Result<(), sqlx::Error> {
+    // Dynamic: a role named at run time.
     let quoted = login.replace('"', "\"\"");
     let statement = format!(
         "do $$ begin create role \"{quoted}\" login in role {READER_ROLE}; \

@@ -6,13 +6,10 @@ use chrono::{DateTime, Utc};
 use domain::{DeliveryId, EventEnvelope, EventMetadata};
 use uuid::Uuid;
 
-/// The columns of `events` a [`StoredEvent`] is read from.
-pub const STORED_EVENT_COLUMNS: &str = "delivery_id, event_id, version, event_type, \
-    schema_version, payload, metadata, occurred_at, recorded_at, hash";
-
 /// One stored event as the table holds it. `metadata` stays raw JSON here so that a row that
 /// cannot become an envelope is still read, and its reader decides what that means (the
-/// command API refuses the history, the audit reports the event).
+/// command API refuses the history, the audit reports the event). Its readers select it with
+/// `sqlx::query_as!`, which checks at compile time that the columns are exactly these fields.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct StoredEvent {
     pub delivery_id: Uuid,

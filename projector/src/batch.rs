@@ -83,12 +83,12 @@ pub async fn apply_batch_to(
     // One round trip for both settings. The offsets commit with the rows they caused: a commit
     // lost in a database crash loses both, and the batch is read again. So the commit need not
     // wait for the WAL flush.
-    sqlx::query(
-        "select set_config('search_path', $1, true), \
-                set_config('synchronous_commit', 'off', true)",
+    sqlx::query!(
+        "select set_config('search_path', $1, true) as search_path, \
+                set_config('synchronous_commit', 'off', true) as synchronous_commit",
+        destination.search_path(),
     )
-    .bind(destination.search_path())
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
     let partitions: Vec<i32> = (messages.iter().map(|m| m.partition))
         .collect::<BTreeSet<_>>()
@@ -172,11 +172,13 @@ pub(crate) async fn notify_waiters(
     conn: &mut PgConnection,
     plan: &Plan,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("select pg_notify($1, payload) from unnest($2::text[]) as payload")
-        .bind(read_model::CHANNEL)
-        .bind(notifications(plan))
-        .execute(conn)
-        .await?;
+    sqlx::query!(
+        "select pg_notify($1, payload) from unnest($2::text[]) as payload",
+        read_model::CHANNEL,
+        &notifications(plan),
+    )
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -195,13 +197,13 @@ pub async fn lock_partitions(
     subscription: &Subscription,
     partitions: &[i32],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "select pg_advisory_xact_lock(hashtextextended($1 || '/' || $2 || '/' || p::text, 0)) \
          from unnest($3::int[]) as p order by p",
+        &subscription.group,
+        &subscription.topic,
+        partitions,
     )
-    .bind(&subscription.group)
-    .bind(&subscription.topic)
-    .bind(partitions)
     .execute(conn)
     .await?;
     Ok(())
@@ -213,43 +215,47 @@ pub async fn stored_offsets(
     subscription: &Subscription,
     partitions: &[i32],
 ) -> Result<BTreeMap<i32, i64>, sqlx::Error> {
-    let rows: Vec<(i32, i64)> = sqlx::query_as(
+    let rows = sqlx::query!(
         "select kafka_partition, next_offset from consumer_offsets \
          where consumer_group = $1 and topic = $2 and kafka_partition = any($3)",
+        &subscription.group,
+        &subscription.topic,
+        partitions,
     )
-    .bind(&subscription.group)
-    .bind(&subscription.topic)
-    .bind(partitions)
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().collect())
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.kafka_partition, row.next_offset))
+        .collect())
 }
 
 pub(crate) async fn load_current(
     conn: &mut PgConnection,
     ids: &[Uuid],
 ) -> Result<Current, sqlx::Error> {
-    let rows: Vec<Json<DeliveryRow>> = sqlx::query_scalar(
-        "select to_jsonb(d) from deliveries d where delivery_id = any($1) \
-         order by delivery_id for update",
+    let rows: Vec<Json<DeliveryRow>> = sqlx::query_scalar!(
+        r#"select to_jsonb(d) as "row!: Json<DeliveryRow>" from deliveries d
+           where delivery_id = any($1) order by delivery_id for update"#,
+        ids,
     )
-    .bind(ids)
     .fetch_all(&mut *conn)
     .await?;
     // One round trip for the parked events and the skipped versions. The skips are operator
     // decisions, not part of any projection: a rebuild (whose search_path is its own schema)
     // honours them too, so they are read from `public` by name.
-    type Waiting = (Json<Vec<ParkedEvent>>, Json<Vec<(Uuid, i64)>>);
-    let (parked, skipped): Waiting = sqlx::query_as(
-        "select (select coalesce(jsonb_agg(to_jsonb(p)), '[]') from parked_events p
-                 where delivery_id = any($1)),
-                (select coalesce(jsonb_agg(jsonb_build_array(delivery_id, version)), '[]')
-                 from public.dlq_actions
-                 where action = 'skip' and version is not null and delivery_id = any($1))",
+    let waiting = sqlx::query!(
+        r#"select (select coalesce(jsonb_agg(to_jsonb(p)), '[]') from parked_events p
+                   where delivery_id = any($1)) as "parked!: Json<Vec<ParkedEvent>>",
+                  (select coalesce(jsonb_agg(jsonb_build_array(delivery_id, version)), '[]')
+                   from public.dlq_actions
+                   where action = 'skip' and version is not null and delivery_id = any($1))
+                  as "skipped!: Json<Vec<(Uuid, i64)>>""#,
+        ids,
     )
-    .bind(ids)
     .fetch_one(&mut *conn)
     .await?;
+    let (parked, skipped) = (waiting.parked, waiting.skipped);
     Ok(Current {
         rows: rows
             .into_iter()
@@ -289,7 +295,7 @@ pub(crate) async fn live_projections(
     conn: &mut PgConnection,
     catalog: &Catalog,
 ) -> Result<Vec<&'static dyn Projection>, sqlx::Error> {
-    let listed: Vec<String> = sqlx::query_scalar("select name from projections")
+    let listed: Vec<String> = sqlx::query_scalar!("select name from projections")
         .fetch_all(conn)
         .await?;
     Ok(catalog.written(listed.iter().map(String::as_str)))
@@ -302,17 +308,17 @@ pub(crate) async fn store_offsets(
     next: &BTreeMap<i32, i64>,
 ) -> Result<(), sqlx::Error> {
     let (partitions, offsets): (Vec<i32>, Vec<i64>) = next.iter().unzip();
-    sqlx::query(
+    sqlx::query!(
         "insert into consumer_offsets (consumer_group, topic, kafka_partition, next_offset)
          select $1, $2, p, o from unnest($3::int[], $4::bigint[]) as t(p, o)
          on conflict (consumer_group, topic, kafka_partition) do update set
              next_offset = greatest(consumer_offsets.next_offset, excluded.next_offset),
              updated_at = now()",
+        &subscription.group,
+        &subscription.topic,
+        &partitions,
+        &offsets,
     )
-    .bind(&subscription.group)
-    .bind(&subscription.topic)
-    .bind(&partitions)
-    .bind(&offsets)
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -176,7 +176,7 @@ async fn settle(
 
 /// Whether the database answers at all right now.
 async fn answers(pool: &PgPool) -> bool {
-    let ping = sqlx::query("select 1").execute(pool);
+    let ping = sqlx::query!("select 1 as one").fetch_one(pool);
     matches!(
         tokio::time::timeout(Duration::from_secs(5), ping).await,
         Ok(Ok(_))
@@ -239,10 +239,12 @@ pub async fn record_failed(
         "the read database refuses this message: recorded as poison"
     );
     let mut tx = pool.begin().await?;
-    sqlx::query("select set_config('search_path', $1, true)")
-        .bind(destination.search_path())
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "select set_config('search_path', $1, true)",
+        destination.search_path(),
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     batch::lock_partitions(&mut tx, subscription, &[message.partition]).await?;
     let stored = batch::stored_offsets(&mut tx, subscription, &[message.partition]).await?;
     if stored
@@ -256,14 +258,14 @@ pub async fn record_failed(
         });
     }
     let record = Record::of(&poison);
-    sqlx::query("savepoint poison").execute(&mut *tx).await?;
+    sqlx::query!("savepoint poison").execute(&mut *tx).await?;
     if let Err(refused) =
         poison::insert(&mut tx, &subscription.topic, std::slice::from_ref(&record)).await
     {
         if classify(&refused) == Failure::Transient {
             return Err(refused);
         }
-        sqlx::query("rollback to savepoint poison")
+        sqlx::query!("rollback to savepoint poison")
             .execute(&mut *tx)
             .await?;
         let bare = record.bare(&refused.to_string());

@@ -118,23 +118,23 @@ pub async fn insert(
     records: &[Record],
 ) -> Result<(), sqlx::Error> {
     for record in records {
-        sqlx::query(
+        sqlx::query!(
             "insert into poison_messages (topic, kafka_partition, kafka_offset, message_key, \
                  payload, error, message_key_bytes, delivery_id, version)
              values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              on conflict (topic, kafka_partition, kafka_offset) do update set
                  error = excluded.error, delivery_id = excluded.delivery_id,
                  version = excluded.version, received_at = now()",
+            topic,
+            record.kafka_partition,
+            record.kafka_offset,
+            record.message_key.as_deref(),
+            record.payload.as_deref(),
+            &record.error,
+            record.message_key_bytes.as_deref(),
+            record.delivery_id,
+            record.version,
         )
-        .bind(topic)
-        .bind(record.kafka_partition)
-        .bind(record.kafka_offset)
-        .bind(&record.message_key)
-        .bind(&record.payload)
-        .bind(&record.error)
-        .bind(&record.message_key_bytes)
-        .bind(record.delivery_id)
-        .bind(record.version)
         .execute(&mut *conn)
         .await?;
     }

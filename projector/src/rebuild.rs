@@ -200,6 +200,7 @@ pub async fn rebuild_with(
     let lock = lock_projections(pool, &names).await?;
     let schema = format!("rebuild_{}", names.join("_"));
     if config.from_scratch {
+        // Dynamic: the staging schema, named at run time.
         sqlx::raw_sql(&format!("drop schema if exists {schema} cascade"))
             .execute(pool)
             .await?;

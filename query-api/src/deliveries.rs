@@ -106,6 +106,8 @@ pub(crate) async fn get(
 }
 
 pub(crate) async fn fetch(pool: &PgPool, id: Uuid) -> Result<Option<DeliveryView>, ApiError> {
+    // Dynamic: a DeliveryRow is read through its FromRow, which parses the domain's types;
+    // query_as! builds a struct field by field and cannot. DELIVERY_COLUMNS is its one list.
     let row: Option<DeliveryRow> = sqlx::query_as(&format!(
         "select {DELIVERY_COLUMNS} from deliveries where delivery_id = $1"
     ))
@@ -195,7 +197,8 @@ pub(crate) async fn list(
         .transpose()?;
 
     // Only the filters asked for go into the statement, so the planner can pick the index
-    // that matches them: by status, by rider, or by creation time alone.
+    // that matches them: by status, by rider, or by creation time alone. So it is built at
+    // run time (and read through DeliveryRow's FromRow), not checked by a query macro.
     let mut query = QueryBuilder::<Postgres>::new(format!(
         "select {DELIVERY_COLUMNS} from deliveries where true"
     ));

@@ -6,17 +6,22 @@ use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use domain::Event;
-use platform::read_model::{HISTORY_COLUMNS, HistoryRow};
+use platform::read_model::HistoryRow;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 /// The whole history of one delivery, in version order.
 async fn all(pool: &PgPool, id: Uuid) -> Result<Vec<HistoryRow>, ApiError> {
-    let rows = sqlx::query_as(&format!(
-        "select {HISTORY_COLUMNS} from delivery_history where delivery_id = $1 order by version"
-    ))
-    .bind(id)
+    // query_as! checks at compile time that the columns are exactly HistoryRow's fields.
+    let rows = sqlx::query_as!(
+        HistoryRow,
+        "select delivery_id, version, event_id, event_type, schema_version, actor_role, \
+             actor_id, occurred_at, recorded_at, correlation_id, causation_id, data, \
+             kafka_partition, kafka_offset, hash \
+         from delivery_history where delivery_id = $1 order by version",
+        id,
+    )
     .fetch_all(pool)
     .await?;
     Ok(rows)
@@ -28,12 +33,15 @@ pub(crate) async fn up_to(
     id: Uuid,
     at: DateTime<Utc>,
 ) -> Result<Vec<HistoryRow>, ApiError> {
-    let rows = sqlx::query_as(&format!(
-        "select {HISTORY_COLUMNS} from delivery_history \
-         where delivery_id = $1 and occurred_at <= $2 order by version"
-    ))
-    .bind(id)
-    .bind(at)
+    let rows = sqlx::query_as!(
+        HistoryRow,
+        "select delivery_id, version, event_id, event_type, schema_version, actor_role, \
+             actor_id, occurred_at, recorded_at, correlation_id, causation_id, data, \
+             kafka_partition, kafka_offset, hash \
+         from delivery_history where delivery_id = $1 and occurred_at <= $2 order by version",
+        id,
+        at,
+    )
     .fetch_all(pool)
     .await?;
     Ok(rows)

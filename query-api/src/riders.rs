@@ -31,18 +31,21 @@ pub(crate) async fn get(
     let rider_id = String::from(rider_id);
     // One snapshot: the counters and the lists come from the same projector commit.
     let mut tx = pool.begin().await?;
-    sqlx::query("set transaction isolation level repeatable read, read only")
+    sqlx::query!("set transaction isolation level repeatable read, read only")
         .execute(&mut *tx)
         .await?;
-    let counts: Option<(i32, i32)> = sqlx::query_as(
+    let counts: Option<(i32, i32)> = sqlx::query!(
         "select active_deliveries, completed_deliveries from riders where rider_id = $1",
+        &rider_id,
     )
-    .bind(&rider_id)
     .fetch_optional(&mut *tx)
-    .await?;
+    .await?
+    .map(|r| (r.active_deliveries, r.completed_deliveries));
     let Some((active_deliveries, completed_deliveries)) = counts else {
         return Err(ApiError::RiderNotFound);
     };
+    // Dynamic: a DeliveryRow is read through its FromRow, which parses the domain's types;
+    // query_as! builds a struct field by field and cannot. DELIVERY_COLUMNS is its one list.
     let active: Vec<DeliveryRow> = sqlx::query_as(&format!(
         "select {DELIVERY_COLUMNS} from deliveries where rider_id = $1 and status = any($2) \
          order by created_at, delivery_id"
@@ -51,6 +54,7 @@ pub(crate) async fn get(
     .bind([Status::RiderAssigned.as_str(), Status::PickedUp.as_str()].as_slice())
     .fetch_all(&mut *tx)
     .await?;
+    // Dynamic, for the same reason.
     let recent_completed: Vec<DeliveryRow> = sqlx::query_as(&format!(
         "select {DELIVERY_COLUMNS} from deliveries where rider_id = $1 and status = $2 \
          order by completed_at desc, delivery_id desc limit $3"

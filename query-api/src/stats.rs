@@ -37,7 +37,7 @@ impl ByStatus {
 }
 
 /// Everything but the status counts, read in one statement.
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize)]
 struct Numbers {
     /// Riders with at least one assigned or picked-up delivery.
     active_riders: i64,
@@ -52,37 +52,41 @@ struct Numbers {
     poison_messages: i64,
 }
 
-/// Today's completions come from the `completed_at` index; the status counts from the
-/// projector's exact counters rather than a count over every delivery.
-const NUMBERS: &str = "
-    with today as (
-        select extract(epoch from completed_at - created_at)::float8 as seconds
-        from deliveries
-        where completed_at >= date_trunc('day', now() at time zone 'UTC') at time zone 'UTC'
-    )
-    select
-        (select count(*) from riders where active_deliveries > 0) as active_riders,
-        (select count(*) from today) as completed_today,
-        (select avg(seconds) from today) as avg_completion_seconds_today,
-        (select percentile_cont(0.9) within group (order by seconds) from today)
-            as p90_completion_seconds_today,
-        (select count(*) from parked_events) as parked_events,
-        (select count(*) from poison_messages) as poison_messages";
-
 pub(crate) async fn get(State(pool): State<PgPool>) -> Result<Json<Stats>, ApiError> {
     // One snapshot, so the numbers add up to one projector commit.
     let mut tx = pool.begin().await?;
-    sqlx::query("set transaction isolation level repeatable read, read only")
+    sqlx::query!("set transaction isolation level repeatable read, read only")
         .execute(&mut *tx)
         .await?;
-    let counts: Vec<(String, i64)> = sqlx::query_as("select status, deliveries from status_counts")
+    let counts = sqlx::query!("select status, deliveries from status_counts")
         .fetch_all(&mut *tx)
         .await?;
-    let numbers: Numbers = sqlx::query_as(NUMBERS).fetch_one(&mut *tx).await?;
+    // Today's completions come from the `completed_at` index; the status counts from the
+    // projector's exact counters rather than a count over every delivery.
+    let numbers = sqlx::query_as!(
+        Numbers,
+        r#"
+        with today as (
+            select extract(epoch from completed_at - created_at)::float8 as seconds
+            from deliveries
+            where completed_at >= date_trunc('day', now() at time zone 'UTC') at time zone 'UTC'
+        )
+        select
+            (select count(*) from riders where active_deliveries > 0) as "active_riders!",
+            (select count(*) from today) as "completed_today!",
+            (select avg(seconds) from today) as avg_completion_seconds_today,
+            (select percentile_cont(0.9) within group (order by seconds) from today)
+                as p90_completion_seconds_today,
+            (select count(*) from parked_events) as "parked_events!",
+            (select count(*) from poison_messages) as "poison_messages!""#
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     tx.commit().await?;
 
     let mut by_status = ByStatus::default();
-    for (status, deliveries) in counts {
+    for row in counts {
+        let (status, deliveries) = (row.status, row.deliveries);
         match Status::parse(&status) {
             Some(status) => *by_status.count_mut(status) += deliveries,
             None => tracing::warn!(%status, "status_counts has a status this build does not know"),

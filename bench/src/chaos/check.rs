@@ -52,14 +52,15 @@ pub async fn settle(write: &PgPool, read: &PgPool, timeout: Duration) -> Result<
 }
 
 async fn progress(write: &PgPool, read: &PgPool) -> sqlx::Result<(i64, i64, i64)> {
-    let unpublished: i64 =
-        sqlx::query_scalar("select count(*) from outbox where published_at is null")
-            .fetch_one(write)
-            .await?;
-    let events: i64 = sqlx::query_scalar("select count(*) from events")
+    let unpublished: i64 = sqlx::query_scalar!(
+        r#"select count(*) as "count!" from outbox where published_at is null"#
+    )
+    .fetch_one(write)
+    .await?;
+    let events: i64 = sqlx::query_scalar!(r#"select count(*) as "count!" from events"#)
         .fetch_one(write)
         .await?;
-    let history: i64 = sqlx::query_scalar("select count(*) from delivery_history")
+    let history: i64 = sqlx::query_scalar!(r#"select count(*) as "count!" from delivery_history"#)
         .fetch_one(read)
         .await?;
     Ok((unpublished, events, history))
@@ -107,15 +108,15 @@ pub async fn acknowledged(
     findings: &mut Findings,
 ) -> sqlx::Result<()> {
     let ids: Vec<Uuid> = acks.iter().map(|ack| ack.delivery).collect();
-    let rows: Vec<(Uuid, i64, String)> = sqlx::query_as(
+    let rows = sqlx::query!(
         "select delivery_id, version, event_type from events where delivery_id = any($1)",
+        &ids,
     )
-    .bind(&ids)
     .fetch_all(write)
     .await?;
     let stored: HashMap<(Uuid, i64), String> = rows
         .into_iter()
-        .map(|(id, version, event_type)| ((id, version), event_type))
+        .map(|row| ((row.delivery_id, row.version), row.event_type))
         .collect();
     for ack in acks {
         match stored.get(&(ack.delivery, ack.version)) {
@@ -142,6 +143,7 @@ pub async fn acknowledged(
 type Versions = BTreeMap<Uuid, Vec<(i64, Uuid)>>;
 
 async fn versions(pool: &PgPool, table: &str) -> sqlx::Result<Versions> {
+    // Dynamic: the same question of two tables (`events`, `delivery_history`), named by the caller.
     let rows: Vec<(Uuid, i64, Uuid)> = sqlx::query_as(&format!(
         "select delivery_id, version, event_id from {table} order by delivery_id, version"
     ))
@@ -195,10 +197,12 @@ pub async fn exactly_once(
             delivery.to_string(),
         );
     }
-    let rows: Vec<(Uuid, i64)> = sqlx::query_as("select delivery_id, version from deliveries")
+    let rows: HashMap<Uuid, i64> = sqlx::query!("select delivery_id, version from deliveries")
         .fetch_all(read)
-        .await?;
-    let rows: HashMap<Uuid, i64> = rows.into_iter().collect();
+        .await?
+        .into_iter()
+        .map(|row| (row.delivery_id, row.version))
+        .collect();
     for (delivery, history) in &stored {
         let last = history.last().map_or(0, |(v, _)| *v);
         if rows.get(delivery) != Some(&last) {
@@ -208,35 +212,40 @@ pub async fn exactly_once(
             );
         }
     }
-    let mismatched: Vec<(String, i64, i64)> = sqlx::query_as(
-        "select s.status, s.deliveries, count(d.delivery_id)
-         from status_counts s left join deliveries d using (status)
-         group by s.status, s.deliveries having s.deliveries <> count(d.delivery_id)",
+    let mismatched = sqlx::query!(
+        r#"select s.status, s.deliveries, count(d.delivery_id) as "rows!"
+           from status_counts s left join deliveries d using (status)
+           group by s.status, s.deliveries having s.deliveries <> count(d.delivery_id)"#,
     )
     .fetch_all(read)
     .await?;
-    for (status, counted, rows) in mismatched {
+    for row in mismatched {
+        let (status, counted, rows) = (row.status, row.deliveries, row.rows);
         findings.add(
             "status_counts disagrees with deliveries",
             format!("{status}: counter {counted}, rows {rows}"),
         );
     }
-    let mismatched: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
-        "with expected as (
-             select rider_id,
-                    count(*) filter (where status in ('rider_assigned', 'picked_up')) as active,
-                    count(*) filter (where status = 'completed') as completed
-             from deliveries where rider_id is not null group by rider_id)
-         select coalesce(r.rider_id, e.rider_id),
-                coalesce(r.active_deliveries, 0)::bigint, coalesce(e.active, 0),
-                coalesce(r.completed_deliveries, 0)::bigint, coalesce(e.completed, 0)
-         from riders r full join expected e using (rider_id)
-         where coalesce(r.active_deliveries, 0) <> coalesce(e.active, 0)
-            or coalesce(r.completed_deliveries, 0) <> coalesce(e.completed, 0)",
+    let mismatched = sqlx::query!(
+        r#"with expected as (
+               select rider_id,
+                      count(*) filter (where status in ('rider_assigned', 'picked_up')) as active,
+                      count(*) filter (where status = 'completed') as completed
+               from deliveries where rider_id is not null group by rider_id)
+           select coalesce(r.rider_id, e.rider_id) as "rider!",
+                  coalesce(r.active_deliveries, 0)::bigint as "active!",
+                  coalesce(e.active, 0) as "want_active!",
+                  coalesce(r.completed_deliveries, 0)::bigint as "completed!",
+                  coalesce(e.completed, 0) as "want_completed!"
+           from riders r full join expected e using (rider_id)
+           where coalesce(r.active_deliveries, 0) <> coalesce(e.active, 0)
+              or coalesce(r.completed_deliveries, 0) <> coalesce(e.completed, 0)"#,
     )
     .fetch_all(read)
     .await?;
-    for (rider, active, want_active, completed, want_completed) in mismatched {
+    for row in mismatched {
+        let (rider, active, want_active) = (row.rider, row.active, row.want_active);
+        let (completed, want_completed) = (row.completed, row.want_completed);
         findings.add(
             "riders disagrees with deliveries",
             format!("{rider}: active {active} (rows {want_active}), completed {completed} (rows {want_completed})"),
@@ -251,33 +260,33 @@ fn just_versions(history: &[(i64, Uuid)]) -> Vec<i64> {
 
 /// (3) Nothing is parked behind a gap, recorded as poison, or skipped.
 pub async fn nothing_stuck(read: &PgPool, findings: &mut Findings) -> sqlx::Result<()> {
-    let parked: Vec<(Uuid, i64, i64)> =
-        sqlx::query_as("select delivery_id, version, applied_version from parked_events")
-            .fetch_all(read)
-            .await?;
-    for (delivery, version, applied) in parked {
+    let parked = sqlx::query!("select delivery_id, version, applied_version from parked_events")
+        .fetch_all(read)
+        .await?;
+    for row in parked {
+        let (delivery, version, applied) = (row.delivery_id, row.version, row.applied_version);
         findings.add(
             "parked event",
             format!("{delivery} version {version} (read model at {applied})"),
         );
     }
-    let poison: Vec<(i32, i64, String)> =
-        sqlx::query_as("select kafka_partition, kafka_offset, error from poison_messages")
-            .fetch_all(read)
-            .await?;
-    for (partition, offset, error) in poison {
+    let poison = sqlx::query!("select kafka_partition, kafka_offset, error from poison_messages")
+        .fetch_all(read)
+        .await?;
+    for row in poison {
+        let (partition, offset, error) = (row.kafka_partition, row.kafka_offset, row.error);
         findings.add(
             "poison message",
             format!("partition {partition} offset {offset}: {error}"),
         );
     }
     // A declared skip would let the read model pass over a gap: nobody declares one here.
-    let skips: Vec<(Option<Uuid>, Option<i64>, String)> = sqlx::query_as(
-        "select delivery_id, version, reason from dlq_actions where action = 'skip'",
-    )
-    .fetch_all(read)
-    .await?;
-    for (delivery, version, reason) in skips {
+    let skips =
+        sqlx::query!("select delivery_id, version, reason from dlq_actions where action = 'skip'")
+            .fetch_all(read)
+            .await?;
+    for row in skips {
+        let (delivery, version, reason) = (row.delivery_id, row.version, row.reason);
         findings.add(
             "skipped version",
             format!("{delivery:?} version {version:?}: {reason}"),

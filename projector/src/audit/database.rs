@@ -8,17 +8,11 @@ use crate::plan::{DeliveryRow, HistoryRow};
 use domain::{DeliveryId, EventEnvelope};
 use futures::StreamExt;
 use futures::stream::{BoxStream, Peekable};
-use platform::stored::{STORED_EVENT_COLUMNS, StoredEvent};
+use platform::stored::StoredEvent;
 use sqlx::PgPool;
 use sqlx::types::Json;
 use std::pin::Pin;
 use uuid::Uuid;
-
-const HISTORY: &str = "select to_jsonb(h) from delivery_history h \
-     where $1::uuid is null or delivery_id = $1 order by delivery_id, version";
-
-const PROJECTED: &str = "select to_jsonb(d) from deliveries d \
-     where $1::uuid is null or delivery_id = $1 order by delivery_id";
 
 /// Rows ordered by delivery id, taken one delivery at a time.
 struct Grouped<'a, T> {
@@ -70,32 +64,41 @@ pub async fn verify_against(
     only: Option<DeliveryId>,
 ) -> Result<Report, AuditError> {
     let only = only.map(|id| id.as_uuid());
-    let stored_events = format!(
-        "select {STORED_EVENT_COLUMNS} from events \
-         where $1::uuid is null or delivery_id = $1 order by delivery_id, version"
-    );
+    // query_as! checks at compile time that the columns are exactly StoredEvent's fields.
     let mut stored = Grouped::new(
-        sqlx::query_as::<_, StoredEvent>(&stored_events)
-            .bind(only)
-            .fetch(write)
-            .map(|row| row.map_err(AuditError::EventStore))
-            .boxed(),
+        sqlx::query_as!(
+            StoredEvent,
+            "select delivery_id, event_id, version, event_type, schema_version, payload, \
+                 metadata, occurred_at, recorded_at, hash \
+             from events where $1::uuid is null or delivery_id = $1 \
+             order by delivery_id, version",
+            only,
+        )
+        .fetch(write)
+        .map(|row| row.map_err(AuditError::EventStore))
+        .boxed(),
         |row: &StoredEvent| row.delivery_id,
     );
     let mut history = Grouped::new(
-        sqlx::query_scalar::<_, Json<HistoryRow>>(HISTORY)
-            .bind(only)
-            .fetch(read)
-            .map(|row| row.map(|Json(row)| row).map_err(AuditError::ReadModel))
-            .boxed(),
+        sqlx::query_scalar!(
+            r#"select to_jsonb(h) as "row!: Json<HistoryRow>" from delivery_history h
+               where $1::uuid is null or delivery_id = $1 order by delivery_id, version"#,
+            only,
+        )
+        .fetch(read)
+        .map(|row| row.map(|Json(row)| row).map_err(AuditError::ReadModel))
+        .boxed(),
         |row: &HistoryRow| row.delivery_id,
     );
     let mut projected = Grouped::new(
-        sqlx::query_scalar::<_, Json<DeliveryRow>>(PROJECTED)
-            .bind(only)
-            .fetch(read)
-            .map(|row| row.map(|Json(row)| row).map_err(AuditError::ReadModel))
-            .boxed(),
+        sqlx::query_scalar!(
+            r#"select to_jsonb(d) as "row!: Json<DeliveryRow>" from deliveries d
+               where $1::uuid is null or delivery_id = $1 order by delivery_id"#,
+            only,
+        )
+        .fetch(read)
+        .map(|row| row.map(|Json(row)| row).map_err(AuditError::ReadModel))
+        .boxed(),
         |row: &DeliveryRow| row.state.delivery_id.as_uuid(),
     );
 

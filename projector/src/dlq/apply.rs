@@ -7,7 +7,6 @@ use crate::catalog::Catalog;
 use crate::plan::{self, Decoded, Incoming};
 use serde::Serialize;
 use sqlx::PgConnection;
-use sqlx::types::Json;
 use std::collections::HashSet;
 use uuid::Uuid;
 
@@ -63,13 +62,15 @@ pub(super) async fn pause_live(
     tx: &mut PgConnection,
     subscription: &Subscription,
 ) -> Result<(), sqlx::Error> {
-    let partitions: Vec<i32> = sqlx::query_scalar(
-        "select kafka_partition from consumer_offsets where consumer_group = $1 and topic = $2
-         union select kafka_partition from poison_messages where topic = $2
-         union select kafka_partition from parked_events",
+    // Every table's kafka_partition is not null; the macro cannot see through a union.
+    let partitions: Vec<i32> = sqlx::query_scalar!(
+        r#"select kafka_partition as "kafka_partition!" from consumer_offsets
+           where consumer_group = $1 and topic = $2
+           union select kafka_partition from poison_messages where topic = $2
+           union select kafka_partition from parked_events"#,
+        &subscription.group,
+        &subscription.topic,
     )
-    .bind(&subscription.group)
-    .bind(&subscription.topic)
     .fetch_all(&mut *tx)
     .await?;
     batch::lock_partitions(tx, subscription, &partitions).await
@@ -103,13 +104,13 @@ pub(super) async fn apply(
         .into_iter()
         .filter(|position| !failing.contains(position))
         .unzip();
-    sqlx::query(
+    sqlx::query!(
         "delete from poison_messages where topic = $1
          and (kafka_partition, kafka_offset) in (select * from unnest($2::int[], $3::bigint[]))",
+        &subscription.topic,
+        &partitions,
+        &offsets,
     )
-    .bind(&subscription.topic)
-    .bind(&partitions)
-    .bind(&offsets)
     .execute(&mut *tx)
     .await?;
     batch::notify_waiters(tx, &plan).await?;
@@ -125,17 +126,19 @@ pub(super) async fn outcome(
     refused: Option<String>,
 ) -> Result<Outcome, sqlx::Error> {
     let (delivery, position) = ids(unit);
-    let (still_parked, still_poison): (i64, i64) = sqlx::query_as(
-        "select (select count(*) from parked_events where delivery_id = $2),
-                (select count(*) from poison_messages where topic = $1
-                 and (delivery_id = $2 or (kafka_partition, kafka_offset) = ($3, $4)))",
+    let still = sqlx::query!(
+        r#"select (select count(*) from parked_events where delivery_id = $2) as "parked!",
+                  (select count(*) from poison_messages where topic = $1
+                   and (delivery_id = $2 or (kafka_partition, kafka_offset) = ($3, $4)))
+                  as "poison!""#,
+        topic,
+        delivery,
+        position.map(|p| p.0),
+        position.map(|p| p.1),
     )
-    .bind(topic)
-    .bind(delivery)
-    .bind(position.map(|p| p.0))
-    .bind(position.map(|p| p.1))
     .fetch_one(&mut *tx)
     .await?;
+    let (still_parked, still_poison) = (still.parked, still.poison);
     Ok(Outcome {
         delivery_id: delivery,
         message: position,
@@ -157,21 +160,21 @@ pub(super) async fn record(
     outcome: &Outcome,
     detail: serde_json::Value,
 ) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "insert into dlq_actions (action, actor, reason, topic, delivery_id, version,
              kafka_partition, kafka_offset, outcome, detail)
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) returning id",
+        kind,
+        action.actor.trim(),
+        action.reason.trim(),
+        topic,
+        delivery,
+        version,
+        position.map(|p| p.0),
+        position.map(|p| p.1),
+        outcome.to_string(),
+        detail,
     )
-    .bind(kind)
-    .bind(action.actor.trim())
-    .bind(action.reason.trim())
-    .bind(topic)
-    .bind(delivery)
-    .bind(version)
-    .bind(position.map(|p| p.0))
-    .bind(position.map(|p| p.1))
-    .bind(outcome.to_string())
-    .bind(Json(detail))
     .fetch_one(tx)
     .await
 }

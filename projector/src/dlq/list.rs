@@ -43,36 +43,62 @@ pub async fn list(
 ) -> Result<Vec<Stuck>, DlqError> {
     let mut tx = pool.begin().await?;
     // One snapshot: a poison and the events parked behind it are seen together.
-    sqlx::query("set transaction isolation level repeatable read, read only")
+    sqlx::query!("set transaction isolation level repeatable read, read only")
         .execute(&mut *tx)
         .await?;
-    let poison: Vec<PoisonRow> = sqlx::query_as(
+    let poison: Vec<PoisonRow> = sqlx::query!(
         "select delivery_id, version, kafka_partition, kafka_offset, received_at, error
          from poison_messages where topic = $1 and ($2::uuid is null or delivery_id = $2)
          order by delivery_id nulls last, version, kafka_partition, kafka_offset",
+        topic,
+        delivery,
     )
-    .bind(topic)
-    .bind(delivery)
-    .fetch_all(&mut *tx)
-    .await?;
-    let parked: Vec<ParkedRow> = sqlx::query_as(
-        "select p.delivery_id, p.version, p.kafka_partition, p.kafka_offset, p.parked_at,
-                coalesce(d.version, 0)
-         from parked_events p left join deliveries d using (delivery_id)
-         where $1::uuid is null or p.delivery_id = $1
-         order by p.delivery_id, p.version",
-    )
-    .bind(delivery)
-    .fetch_all(&mut *tx)
-    .await?;
-    let skipped: HashSet<(Uuid, i64)> = sqlx::query_as(
-        "select delivery_id, version from dlq_actions
-         where action = 'skip' and version is not null and delivery_id = any($1)",
-    )
-    .bind(parked.iter().map(|p| p.0).collect::<Vec<_>>())
     .fetch_all(&mut *tx)
     .await?
     .into_iter()
+    .map(|r| {
+        (
+            r.delivery_id,
+            r.version,
+            r.kafka_partition,
+            r.kafka_offset,
+            r.received_at,
+            r.error,
+        )
+    })
+    .collect();
+    let parked: Vec<ParkedRow> = sqlx::query!(
+        r#"select p.delivery_id, p.version, p.kafka_partition, p.kafka_offset, p.parked_at,
+                  coalesce(d.version, 0) as "applied_version!"
+           from parked_events p left join deliveries d using (delivery_id)
+           where $1::uuid is null or p.delivery_id = $1
+           order by p.delivery_id, p.version"#,
+        delivery,
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|r| {
+        (
+            r.delivery_id,
+            r.version,
+            r.kafka_partition,
+            r.kafka_offset,
+            r.parked_at,
+            r.applied_version,
+        )
+    })
+    .collect();
+    // `version is not null` in the statement: the macro cannot see it, so `!` says it.
+    let skipped: HashSet<(Uuid, i64)> = sqlx::query!(
+        r#"select delivery_id as "delivery_id!", version as "version!" from dlq_actions
+           where action = 'skip' and version is not null and delivery_id = any($1)"#,
+        &parked.iter().map(|p| p.0).collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|r| (r.delivery_id, r.version))
     .collect();
     tx.commit().await?;
 

@@ -25,12 +25,12 @@ pub async fn retry(
     let units = units(&mut tx, &subscription.topic, selection).await?;
     let mut outcomes = Vec::with_capacity(units.len());
     for unit in units {
-        sqlx::query("savepoint unit").execute(&mut *tx).await?;
+        sqlx::query!("savepoint unit").execute(&mut *tx).await?;
         let mut refused = None;
         let applied = match retry_unit(&mut tx, subscription, unit).await {
             Ok(applied) => applied,
             Err(error) if classify(&error) == Failure::Data => {
-                sqlx::query("rollback to savepoint unit")
+                sqlx::query!("rollback to savepoint unit")
                     .execute(&mut *tx)
                     .await?;
                 let error = storable_text(&error.to_string(), MAX_ERROR_BYTES);
@@ -65,30 +65,33 @@ async fn units(
     selection: &Selection,
 ) -> Result<Vec<Unit>, sqlx::Error> {
     let rows: Vec<(Option<Uuid>, Option<i32>, Option<i64>)> = match selection {
-        Selection::All => {
-            sqlx::query_as(
-                "select distinct delivery_id, null::int, null::bigint from parked_events
-                 union select delivery_id,
-                     case when delivery_id is null then kafka_partition end,
-                     case when delivery_id is null then kafka_offset end
-                 from poison_messages where topic = $1",
-            )
-            .bind(topic)
-            .fetch_all(&mut *tx)
-            .await?
-        }
+        Selection::All => sqlx::query!(
+            r#"select distinct delivery_id, null::int as kafka_partition,
+                   null::bigint as kafka_offset from parked_events
+               union select delivery_id,
+                   case when delivery_id is null then kafka_partition end,
+                   case when delivery_id is null then kafka_offset end
+               from poison_messages where topic = $1"#,
+            topic,
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| (r.delivery_id, r.kafka_partition, r.kafka_offset))
+        .collect(),
         Selection::Deliveries(ids) => ids.iter().map(|id| (Some(*id), None, None)).collect(),
-        Selection::Message { partition, offset } => {
-            sqlx::query_as(
-                "select delivery_id, kafka_partition, kafka_offset from poison_messages
-                 where topic = $1 and kafka_partition = $2 and kafka_offset = $3",
-            )
-            .bind(topic)
-            .bind(partition)
-            .bind(offset)
-            .fetch_all(&mut *tx)
-            .await?
-        }
+        Selection::Message { partition, offset } => sqlx::query!(
+            "select delivery_id, kafka_partition, kafka_offset from poison_messages
+             where topic = $1 and kafka_partition = $2 and kafka_offset = $3",
+            topic,
+            partition,
+            offset,
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .map(|r| (r.delivery_id, Some(r.kafka_partition), Some(r.kafka_offset)))
+        .collect(),
     };
     let mut units: Vec<Unit> = rows
         .into_iter()
@@ -114,18 +117,29 @@ async fn retry_unit(
 ) -> Result<usize, sqlx::Error> {
     type Row = (i32, i64, Option<String>, Option<Vec<u8>>, Option<Vec<u8>>);
     let (delivery, position) = ids(unit);
-    let rows: Vec<Row> = sqlx::query_as(
+    let rows: Vec<Row> = sqlx::query!(
         "select kafka_partition, kafka_offset, message_key, message_key_bytes, payload
          from poison_messages where topic = $1
            and (delivery_id = $2 or (kafka_partition, kafka_offset) = ($3, $4))
          order by kafka_partition, kafka_offset for update",
+        &subscription.topic,
+        delivery,
+        position.map(|p| p.0),
+        position.map(|p| p.1),
     )
-    .bind(&subscription.topic)
-    .bind(delivery)
-    .bind(position.map(|p| p.0))
-    .bind(position.map(|p| p.1))
     .fetch_all(&mut *tx)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|r| {
+        (
+            r.kafka_partition,
+            r.kafka_offset,
+            r.message_key,
+            r.message_key_bytes,
+            r.payload,
+        )
+    })
+    .collect();
     let messages: Vec<Incoming> = rows
         .into_iter()
         .map(|(partition, offset, key, key_bytes, payload)| Incoming {
@@ -152,15 +166,15 @@ async fn set_error(
     error: &str,
 ) -> Result<(), sqlx::Error> {
     let (delivery, position) = ids(unit);
-    sqlx::query(
+    sqlx::query!(
         "update poison_messages set error = $5, received_at = now() where topic = $1
          and (delivery_id = $2 or (kafka_partition, kafka_offset) = ($3, $4))",
+        topic,
+        delivery,
+        position.map(|p| p.0),
+        position.map(|p| p.1),
+        format!("the read database refused it: {error}"),
     )
-    .bind(topic)
-    .bind(delivery)
-    .bind(position.map(|p| p.0))
-    .bind(position.map(|p| p.1))
-    .bind(format!("the read database refused it: {error}"))
     .execute(tx)
     .await?;
     Ok(())

@@ -10,22 +10,9 @@ use sqlx::PgPool;
 use sqlx::types::Json;
 use uuid::Uuid;
 
-/// `delete from poison_messages ... returning` what the audit keeps: the key and payload as
-/// base64, since they may not be text.
-macro_rules! remove_poison {
-    ($condition:literal) => {
-        concat!(
-            "delete from poison_messages where topic = $1 and ",
-            $condition,
-            " returning kafka_partition, kafka_offset, delivery_id, version,
-                 to_jsonb(poison_messages) - 'payload' - 'message_key_bytes'
-                 || jsonb_build_object('payload_base64', encode(payload, 'base64'),
-                                       'message_key_base64', encode(message_key_bytes, 'base64'))"
-        )
-    };
-}
-
-/// A removed poison record: where it was, whose, and all of it as JSON for the audit.
+/// A removed poison record: where it was, whose, and all of it as JSON for the audit (the
+/// key and payload as base64, since they may not be text). The two `delete ... returning`
+/// statements below return it; each is a literal so that the query macros check it.
 type Removed = (i32, i64, Option<Uuid>, Option<i64>, Json<serde_json::Value>);
 
 /// Moves a delivery past the version it waits for (removing that version's poison record,
@@ -48,20 +35,38 @@ pub async fn skip(
             while current.skipped.contains(&(delivery, next)) {
                 next += 1;
             }
-            let removed: Vec<Removed> =
-                sqlx::query_as(remove_poison!("delivery_id = $2 and version = $3"))
-                    .bind(topic)
-                    .bind(id)
-                    .bind(next)
-                    .fetch_all(&mut *tx)
-                    .await?;
-            let stuck: bool = sqlx::query_scalar(
-                "select exists (select 1 from parked_events where delivery_id = $1)
-                     or exists (select 1 from poison_messages where delivery_id = $1
-                                and topic = $2)",
+            let removed: Vec<Removed> = sqlx::query!(
+                r#"delete from poison_messages
+                   where topic = $1 and delivery_id = $2 and version = $3
+                   returning kafka_partition, kafka_offset, delivery_id, version,
+                       to_jsonb(poison_messages) - 'payload' - 'message_key_bytes'
+                       || jsonb_build_object('payload_base64', encode(payload, 'base64'),
+                                'message_key_base64', encode(message_key_bytes, 'base64'))
+                       as "record!: Json<serde_json::Value>""#,
+                topic,
+                id,
+                next,
             )
-            .bind(id)
-            .bind(topic)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|r| {
+                (
+                    r.kafka_partition,
+                    r.kafka_offset,
+                    r.delivery_id,
+                    r.version,
+                    r.record,
+                )
+            })
+            .collect();
+            let stuck: bool = sqlx::query_scalar!(
+                r#"select exists (select 1 from parked_events where delivery_id = $1)
+                       or exists (select 1 from poison_messages where delivery_id = $1
+                                  and topic = $2) as "stuck!""#,
+                id,
+                topic,
+            )
             .fetch_one(&mut *tx)
             .await?;
             if removed.is_empty() && !stuck {
@@ -70,13 +75,31 @@ pub async fn skip(
             (Unit::Delivery(id), Some(next), removed)
         }
         Skip::Message { partition, offset } => {
-            let removed: Vec<Removed> =
-                sqlx::query_as(remove_poison!("kafka_partition = $2 and kafka_offset = $3"))
-                    .bind(topic)
-                    .bind(partition)
-                    .bind(offset)
-                    .fetch_all(&mut *tx)
-                    .await?;
+            let removed: Vec<Removed> = sqlx::query!(
+                r#"delete from poison_messages
+                   where topic = $1 and kafka_partition = $2 and kafka_offset = $3
+                   returning kafka_partition, kafka_offset, delivery_id, version,
+                       to_jsonb(poison_messages) - 'payload' - 'message_key_bytes'
+                       || jsonb_build_object('payload_base64', encode(payload, 'base64'),
+                                'message_key_base64', encode(message_key_bytes, 'base64'))
+                       as "record!: Json<serde_json::Value>""#,
+                topic,
+                partition,
+                offset,
+            )
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|r| {
+                (
+                    r.kafka_partition,
+                    r.kafka_offset,
+                    r.delivery_id,
+                    r.version,
+                    r.record,
+                )
+            })
+            .collect();
             let Some((delivery, version)) = removed.first().map(|row| (row.2, row.3)) else {
                 return Err(DlqError::NotStuck(format!("message {partition}:{offset}")));
             };
@@ -114,12 +137,14 @@ pub async fn skip(
         None => 0,
     };
     outcome = apply::outcome(&mut tx, topic, unit, applied, version, None).await?;
-    sqlx::query("update dlq_actions set outcome = $2, detail = detail || $3 where id = $1")
-        .bind(audit)
-        .bind(outcome.to_string())
-        .bind(Json(json!({ "outcome": &outcome })))
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "update dlq_actions set outcome = $2, detail = detail || $3 where id = $1",
+        audit,
+        outcome.to_string(),
+        json!({ "outcome": &outcome }),
+    )
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(outcome)
 }

@@ -48,15 +48,15 @@ impl Projection for Counts {
             }
             // New riders first, at zero: a CHECK constraint is tested on the proposed row
             // before ON CONFLICT resolves, so negative changes cannot ride on the insert.
-            sqlx::query(
+            sqlx::query!(
                 "insert into riders (rider_id, last_event_at)
                  select * from unnest($1::text[], $2::timestamptz[]) on conflict do nothing",
+                &riders,
+                &at as _,
             )
-            .bind(&riders)
-            .bind(&at)
             .execute(&mut *conn)
             .await?;
-            sqlx::query(
+            sqlx::query!(
                 "update riders r set
                      active_deliveries = r.active_deliveries + c.active,
                      completed_deliveries = r.completed_deliveries + c.completed,
@@ -64,24 +64,24 @@ impl Projection for Counts {
                  from unnest($1::text[], $2::int[], $3::int[], $4::timestamptz[])
                      as c(rider_id, active, completed, at)
                  where r.rider_id = c.rider_id",
+                &riders,
+                &active,
+                &completed,
+                &at as _,
             )
-            .bind(&riders)
-            .bind(&active)
-            .bind(&completed)
-            .bind(&at)
             .execute(&mut *conn)
             .await?;
         }
         if !plan.status_changes.is_empty() {
             let statuses: Vec<&str> = plan.status_changes.keys().map(|s| s.as_str()).collect();
             let changes: Vec<i64> = plan.status_changes.values().copied().collect();
-            sqlx::query(
+            sqlx::query!(
                 "update status_counts s set deliveries = s.deliveries + c.change \
                  from unnest($1::text[], $2::bigint[]) as c(status, change) \
                  where s.status = c.status",
+                &statuses as _,
+                &changes,
             )
-            .bind(&statuses)
-            .bind(&changes)
             .execute(&mut *conn)
             .await?;
         }

@@ -73,8 +73,12 @@ async fn upsert(conn: &mut PgConnection, rows: &[&DeliveryRow]) -> Result<(), sq
         return Ok(());
     }
     let states = || rows.iter().map(|row| &row.state);
-    sqlx::query(&format!(
-        "insert into deliveries ({DELIVERY_COLUMNS})
+    // Borrowed texts and JSON wrappers are bound `as _`: the macro's parameter check knows
+    // only owned types. The statement and its column types are still checked.
+    sqlx::query!(
+        "insert into deliveries (delivery_id, status, order_ref, customer_id, pickup, dropoff,
+             rider_id, cancel_reason, created_at, assigned_at, picked_up_at, completed_at,
+             cancelled_at, version, updated_at)
          select * from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[],
              $6::jsonb[], $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[],
              $11::timestamptz[], $12::timestamptz[], $13::timestamptz[], $14::bigint[],
@@ -87,35 +91,29 @@ async fn upsert(conn: &mut PgConnection, rows: &[&DeliveryRow]) -> Result<(), sq
              assigned_at = excluded.assigned_at, picked_up_at = excluded.picked_up_at,
              completed_at = excluded.completed_at, cancelled_at = excluded.cancelled_at,
              version = excluded.version, updated_at = excluded.updated_at
-         where deliveries.version < excluded.version"
-    ))
-    .bind(
-        states()
+         where deliveries.version < excluded.version",
+        &states()
             .map(|s| s.delivery_id.as_uuid())
             .collect::<Vec<_>>(),
-    )
-    .bind(states().map(|s| s.status.as_str()).collect::<Vec<_>>())
-    .bind(states().map(|s| s.order_ref.as_str()).collect::<Vec<_>>())
-    .bind(states().map(|s| s.customer_id.as_str()).collect::<Vec<_>>())
-    .bind(states().map(|s| Json(&s.pickup)).collect::<Vec<_>>())
-    .bind(states().map(|s| Json(&s.dropoff)).collect::<Vec<_>>())
-    .bind(
+        states().map(|s| s.status.as_str()).collect::<Vec<_>>() as _,
+        states().map(|s| s.order_ref.as_str()).collect::<Vec<_>>() as _,
+        states().map(|s| s.customer_id.as_str()).collect::<Vec<_>>() as _,
+        states().map(|s| Json(&s.pickup)).collect::<Vec<_>>() as _,
+        states().map(|s| Json(&s.dropoff)).collect::<Vec<_>>() as _,
         states()
             .map(|s| s.rider_id.as_ref().map(|r| r.as_str()))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
+            .collect::<Vec<_>>() as _,
         states()
             .map(|s| s.cancel_reason.as_ref().map(|r| r.as_str()))
-            .collect::<Vec<_>>(),
+            .collect::<Vec<_>>() as _,
+        &states().map(|s| s.created_at).collect::<Vec<_>>(),
+        states().map(|s| s.assigned_at).collect::<Vec<_>>() as _,
+        states().map(|s| s.picked_up_at).collect::<Vec<_>>() as _,
+        states().map(|s| s.completed_at).collect::<Vec<_>>() as _,
+        states().map(|s| s.cancelled_at).collect::<Vec<_>>() as _,
+        &rows.iter().map(|row| row.version).collect::<Vec<_>>(),
+        &rows.iter().map(|row| row.updated_at).collect::<Vec<_>>(),
     )
-    .bind(states().map(|s| s.created_at).collect::<Vec<_>>())
-    .bind(states().map(|s| s.assigned_at).collect::<Vec<_>>())
-    .bind(states().map(|s| s.picked_up_at).collect::<Vec<_>>())
-    .bind(states().map(|s| s.completed_at).collect::<Vec<_>>())
-    .bind(states().map(|s| s.cancelled_at).collect::<Vec<_>>())
-    .bind(rows.iter().map(|row| row.version).collect::<Vec<_>>())
-    .bind(rows.iter().map(|row| row.updated_at).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())
@@ -150,6 +148,7 @@ async fn copy_in(conn: &mut PgConnection, rows: &[&DeliveryRow]) -> Result<(), s
     }
     send_copy(
         conn,
+        // COPY takes no parameters and returns no rows: nothing for the query macros to check.
         &format!("copy deliveries ({DELIVERY_COLUMNS}) from stdin (format binary)"),
         copy,
     )
@@ -163,26 +162,26 @@ async fn write_waiting(
 ) -> Result<(), sqlx::Error> {
     let plan = batch.plan;
     if !plan.parked.is_empty() {
-        sqlx::query(
+        sqlx::query!(
             "insert into parked_events \
                  (delivery_id, version, applied_version, envelope, kafka_partition, kafka_offset)
              select delivery_id, version, applied_version, envelope, kafka_partition, kafka_offset
              from jsonb_to_recordset($1) as p(delivery_id uuid, version bigint,
                  applied_version bigint, envelope jsonb, kafka_partition int, kafka_offset bigint)
              on conflict do nothing",
+            Json(&plan.parked) as _,
         )
-        .bind(Json(&plan.parked))
         .execute(&mut *conn)
         .await?;
     }
     if !plan.unparked.is_empty() {
         let (ids, versions): (Vec<Uuid>, Vec<i64>) = plan.unparked.iter().copied().unzip();
-        sqlx::query(
+        sqlx::query!(
             "delete from parked_events p using unnest($1::uuid[], $2::bigint[]) as u(id, version) \
              where p.delivery_id = u.id and p.version = u.version",
+            &ids,
+            &versions,
         )
-        .bind(&ids)
-        .bind(&versions)
         .execute(&mut *conn)
         .await?;
     }
@@ -208,15 +207,20 @@ async fn skipped_messages(
         .iter()
         .map(|p| (p.kafka_partition, p.kafka_offset))
         .unzip();
-    let rows: Vec<(i32, i64)> = sqlx::query_as(
-        "select kafka_partition, kafka_offset from public.dlq_actions
-         where action = 'skip' and topic = $1
-           and (kafka_partition, kafka_offset) in (select * from unnest($2::int[], $3::bigint[]))",
+    // The `in` leaves only skips of one message, whose position is never null.
+    let rows = sqlx::query!(
+        r#"select kafka_partition as "kafka_partition!", kafka_offset as "kafka_offset!"
+           from public.dlq_actions
+           where action = 'skip' and topic = $1
+             and (kafka_partition, kafka_offset) in (select * from unnest($2::int[], $3::bigint[]))"#,
+        topic,
+        &partitions,
+        &offsets,
     )
-    .bind(topic)
-    .bind(&partitions)
-    .bind(&offsets)
     .fetch_all(conn)
     .await?;
-    Ok(rows.into_iter().collect())
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.kafka_partition, row.kafka_offset))
+        .collect())
 }

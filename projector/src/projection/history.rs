@@ -46,28 +46,32 @@ impl Projection for History {
         }
         let column = |f: fn(&HistoryRow) -> Uuid| rows.iter().map(f).collect::<Vec<_>>();
         let texts = |f: fn(&HistoryRow) -> &str| rows.iter().map(f).collect::<Vec<_>>();
-        sqlx::query(&format!(
-            "insert into delivery_history ({HISTORY_COLUMNS})
+        // Borrowed texts and JSON wrappers are bound `as _`: the macro's parameter check knows
+        // only owned types. The statement and its column types are still checked.
+        sqlx::query!(
+            "insert into delivery_history (delivery_id, version, event_id, event_type,
+                 schema_version, actor_role, actor_id, occurred_at, recorded_at, correlation_id,
+                 causation_id, data, kafka_partition, kafka_offset, hash)
              select * from unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::text[], $5::int[],
                  $6::text[], $7::text[], $8::timestamptz[], $9::timestamptz[], $10::uuid[],
                  $11::uuid[], $12::jsonb[], $13::int[], $14::bigint[], $15::text[])
-             on conflict do nothing"
-        ))
-        .bind(column(|r| r.delivery_id))
-        .bind(rows.iter().map(|r| r.version).collect::<Vec<_>>())
-        .bind(column(|r| r.event_id))
-        .bind(texts(|r| &r.event_type))
-        .bind(rows.iter().map(|r| r.schema_version).collect::<Vec<_>>())
-        .bind(texts(|r| &r.actor_role))
-        .bind(texts(|r| &r.actor_id))
-        .bind(rows.iter().map(|r| r.occurred_at).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.recorded_at).collect::<Vec<_>>())
-        .bind(column(|r| r.correlation_id))
-        .bind(column(|r| r.causation_id))
-        .bind(rows.iter().map(|r| Json(&r.data)).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.kafka_partition).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.kafka_offset).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.hash.as_deref()).collect::<Vec<_>>())
+             on conflict do nothing",
+            &column(|r| r.delivery_id),
+            &rows.iter().map(|r| r.version).collect::<Vec<_>>(),
+            &column(|r| r.event_id),
+            texts(|r| &r.event_type) as _,
+            &rows.iter().map(|r| r.schema_version).collect::<Vec<_>>(),
+            texts(|r| &r.actor_role) as _,
+            texts(|r| &r.actor_id) as _,
+            &rows.iter().map(|r| r.occurred_at).collect::<Vec<_>>(),
+            &rows.iter().map(|r| r.recorded_at).collect::<Vec<_>>(),
+            &column(|r| r.correlation_id),
+            &column(|r| r.causation_id),
+            rows.iter().map(|r| Json(&r.data)).collect::<Vec<_>>() as _,
+            &rows.iter().map(|r| r.kafka_partition).collect::<Vec<_>>(),
+            &rows.iter().map(|r| r.kafka_offset).collect::<Vec<_>>(),
+            rows.iter().map(|r| r.hash.as_deref()).collect::<Vec<_>>() as _,
+        )
         .execute(conn)
         .await?;
         Ok(())
@@ -104,6 +108,7 @@ impl Projection for History {
         }
         send_copy(
             conn,
+            // COPY takes no parameters and returns no rows: nothing for the macros to check.
             &format!("copy delivery_history ({HISTORY_COLUMNS}) from stdin (format binary)"),
             copy,
         )

@@ -14,10 +14,11 @@ pub(super) async fn lock_projections(
 ) -> Result<PgConnection, RebuildError> {
     let mut conn = pool.acquire().await?.detach();
     for &name in names {
-        let locked: bool = sqlx::query_scalar(
-            "select pg_try_advisory_lock(hashtextextended('projector rebuild/' || $1, 0))",
+        let locked: bool = sqlx::query_scalar!(
+            r#"select pg_try_advisory_lock(hashtextextended('projector rebuild/' || $1, 0))
+                   as "locked!""#,
+            name,
         )
-        .bind(name)
         .fetch_one(&mut conn)
         .await?;
         if !locked {
@@ -38,12 +39,14 @@ pub(super) async fn prepare_staging(
     names: &[&'static str],
     topic: &str,
 ) -> Result<(), RebuildError> {
-    let exists: bool =
-        sqlx::query_scalar("select exists (select 1 from pg_namespace where nspname = $1)")
-            .bind(schema)
-            .fetch_one(pool)
-            .await?;
+    let exists: bool = sqlx::query_scalar!(
+        r#"select exists (select 1 from pg_namespace where nspname = $1::text) as "exists!""#,
+        schema,
+    )
+    .fetch_one(pool)
+    .await?;
     if exists {
+        // Dynamic: the schema is this rebuild's, named at run time.
         let recorded: String =
             sqlx::query_scalar(&format!("select topic from {schema}.rebuild_info"))
                 .fetch_one(pool)
@@ -58,6 +61,7 @@ pub(super) async fn prepare_staging(
         return Ok(());
     }
     let mut tx = pool.begin().await?;
+    // Dynamic: DDL for a schema named at run time, and the projections' own DDL files.
     sqlx::raw_sql(&format!(
         "create schema {schema}; set local search_path = {schema}"
     ))
@@ -66,6 +70,7 @@ pub(super) async fn prepare_staging(
     for projection in staged {
         sqlx::raw_sql(projection.ddl()).execute(&mut *tx).await?;
     }
+    // Dynamic (raw_sql): DDL, several statements, in the staging schema.
     sqlx::raw_sql(
         "create table consumer_offsets (like public.consumer_offsets including all);
          create table rebuild_info (
@@ -78,6 +83,7 @@ pub(super) async fn prepare_staging(
     )
     .execute(&mut *tx)
     .await?;
+    // Dynamic: rebuild_info exists only in a staging schema, which the check database has not.
     sqlx::query("insert into rebuild_info (topic, projections) values ($1, $2)")
         .bind(topic)
         .bind(names)
@@ -89,6 +95,7 @@ pub(super) async fn prepare_staging(
 
 /// The projections whose indexes the staging schema has.
 pub(super) async fn indexes_built(pool: &PgPool, schema: &str) -> Result<Vec<String>, sqlx::Error> {
+    // Dynamic: the schema is this rebuild's, named at run time.
     sqlx::query_scalar(&format!("select indexed from {schema}.rebuild_info"))
         .fetch_one(pool)
         .await
@@ -109,12 +116,14 @@ pub(super) async fn build_indexes(
         .filter(|projection| !built.iter().any(|b| b == projection.name()))
         .map(|projection| async move {
             let mut tx = pool.begin().await?;
+            // Dynamic: a schema named at run time, then the projection's own index DDL.
             sqlx::raw_sql(&format!("set local search_path = {schema}"))
                 .execute(&mut *tx)
                 .await?;
             sqlx::raw_sql(projection.indexes())
                 .execute(&mut *tx)
                 .await?;
+            // Dynamic: rebuild_info exists only in a staging schema.
             sqlx::query("update rebuild_info set indexed = array_append(indexed, $1)")
                 .bind(projection.name())
                 .execute(&mut *tx)
@@ -131,6 +140,7 @@ pub(super) async fn staged_offsets(
     schema: &str,
     topic: &str,
 ) -> Result<Offsets, sqlx::Error> {
+    // Dynamic: the staging schema's own offsets, named at run time.
     let rows: Vec<(i32, i64)> = sqlx::query_as(&format!(
         "select kafka_partition, next_offset from {schema}.consumer_offsets where topic = $1"
     ))

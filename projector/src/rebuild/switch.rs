@@ -43,7 +43,7 @@ impl Switch<'_> {
         let mut tx = conn.begin().await?;
         // Neither a long live batch nor a long query on an old table may stall us (and the
         // readers queued behind our table locks) for long: give up and try again instead.
-        sqlx::query("set local lock_timeout = '5s'")
+        sqlx::query!("set local lock_timeout = '5s'")
             .execute(&mut *tx)
             .await?;
         let locked = batch::lock_partitions(&mut tx, &live_subscription, self.partitions).await;
@@ -105,10 +105,12 @@ impl Switch<'_> {
         let mut tables = Vec::new();
         for projection in self.chosen {
             for table in projection.tables() {
-                let existing: bool = sqlx::query_scalar("select to_regclass($1) is not null")
-                    .bind(format!("public.{table}"))
-                    .fetch_one(&mut *tx)
-                    .await?;
+                let existing: bool = sqlx::query_scalar!(
+                    r#"select to_regclass($1) is not null as "existing!""#,
+                    format!("public.{table}"),
+                )
+                .fetch_one(&mut *tx)
+                .await?;
                 if existing {
                     tables.push(format!("public.{table}"));
                 }
@@ -117,12 +119,13 @@ impl Switch<'_> {
         if tables.is_empty() {
             return Ok(true);
         }
+        // Dynamic, like every statement here that names a table or schema: named at run time.
         let lock = format!(
             "lock table {} in access exclusive mode nowait",
             tables.join(", ")
         );
         loop {
-            sqlx::raw_sql("savepoint take_tables")
+            sqlx::query!("savepoint take_tables")
                 .execute(&mut *tx)
                 .await?;
             let taken = sqlx::raw_sql(&lock).execute(&mut *tx).await;
@@ -130,7 +133,7 @@ impl Switch<'_> {
                 taken?;
                 return Ok(true);
             }
-            sqlx::raw_sql("rollback to savepoint take_tables")
+            sqlx::query!("rollback to savepoint take_tables")
                 .execute(&mut *tx)
                 .await?;
             if Instant::now() > deadline {
@@ -152,21 +155,25 @@ impl Switch<'_> {
             )
         });
         if let Some(kept) = &kept {
+            // Dynamic: a schema named at run time (so are the statements below that move tables).
             sqlx::raw_sql(&format!("create schema {kept}"))
                 .execute(&mut *tx)
                 .await?;
         }
-        let reader_role: bool =
-            sqlx::query_scalar("select exists (select 1 from pg_roles where rolname = $1)")
-                .bind(READER_ROLE)
-                .fetch_one(&mut *tx)
-                .await?;
+        let reader_role: bool = sqlx::query_scalar!(
+            r#"select exists (select 1 from pg_roles where rolname = $1::text) as "exists!""#,
+            READER_ROLE,
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         for projection in self.chosen {
             for table in projection.tables() {
-                let existing: bool = sqlx::query_scalar("select to_regclass($1) is not null")
-                    .bind(format!("public.{table}"))
-                    .fetch_one(&mut *tx)
-                    .await?;
+                let existing: bool = sqlx::query_scalar!(
+                    r#"select to_regclass($1) is not null as "existing!""#,
+                    format!("public.{table}"),
+                )
+                .fetch_one(&mut *tx)
+                .await?;
                 let mut statements = Vec::new();
                 if existing {
                     statements.push(match &kept {
@@ -185,14 +192,15 @@ impl Switch<'_> {
                     .execute(&mut *tx)
                     .await?;
             }
-            sqlx::query(
+            sqlx::query!(
                 "insert into projections (name, rebuilt_at) values ($1, now()) \
                  on conflict (name) do update set rebuilt_at = excluded.rebuilt_at",
+                projection.name(),
             )
-            .bind(projection.name())
             .execute(&mut *tx)
             .await?;
         }
+        // Dynamic: the staging schema, named at run time.
         sqlx::raw_sql(&format!("drop schema {} cascade", self.schema))
             .execute(&mut *tx)
             .await?;
