@@ -182,16 +182,16 @@ async fn read_lag(
 }
 
 async fn read_stuck(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let (parked, oldest, poison): (i64, f64, i64) = sqlx::query_as(
-        "select (select count(*) from parked_events), \
-                (select coalesce(extract(epoch from now() - min(parked_at)), 0)::float8 \
-                 from parked_events), \
-                (select count(*) from poison_messages)",
+    let stuck = sqlx::query!(
+        r#"select (select count(*) from parked_events) as "parked!",
+                  (select coalesce(extract(epoch from now() - min(parked_at)), 0)::float8
+                   from parked_events) as "oldest!",
+                  (select count(*) from poison_messages) as "poison!""#
     )
     .fetch_one(pool)
     .await?;
-    metrics::gauge!(PARKED).set(parked as f64);
-    metrics::gauge!(OLDEST_PARKED).set(oldest.max(0.0));
-    metrics::gauge!(POISON).set(poison as f64);
+    metrics::gauge!(PARKED).set(stuck.parked as f64);
+    metrics::gauge!(OLDEST_PARKED).set(stuck.oldest.max(0.0));
+    metrics::gauge!(POISON).set(stuck.poison as f64);
     Ok(())
 }

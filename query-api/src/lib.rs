@@ -21,8 +21,8 @@ pub mod freshness;
 mod history;
 mod http;
 mod listener;
-pub mod metrics;
 pub mod live;
+pub mod metrics;
 mod riders;
 mod stats;
 

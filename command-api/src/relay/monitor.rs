@@ -90,16 +90,17 @@ pub async fn watch_backlog(pool: PgPool, every: Duration, shutdown: Cancellation
             _ = ticks.tick() => {}
         }
         // The partial index on unpublished rows keeps this cheap however long the outbox.
-        let backlog: Result<(i64, f64), _> = sqlx::query_as(
-            "select count(*), coalesce(extract(epoch from now() - min(created_at)), 0)::float8 \
-             from outbox where published_at is null",
+        let backlog = sqlx::query!(
+            r#"select count(*) as "rows!",
+                      coalesce(extract(epoch from now() - min(created_at)), 0)::float8 as "oldest!"
+               from outbox where published_at is null"#
         )
         .fetch_one(&pool)
         .await;
         match backlog {
-            Ok((rows, oldest)) => {
-                metrics::gauge!(UNPUBLISHED).set(rows as f64);
-                metrics::gauge!(OLDEST_UNPUBLISHED).set(oldest.max(0.0));
+            Ok(backlog) => {
+                metrics::gauge!(UNPUBLISHED).set(backlog.rows as f64);
+                metrics::gauge!(OLDEST_UNPUBLISHED).set(backlog.oldest.max(0.0));
             }
             Err(error) => tracing::debug!(%error, "reading the outbox backlog failed"),
         }

@@ -42,7 +42,7 @@ pub(crate) struct LiveStats {
 }
 
 /// One entry of `/events/stream`.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize)]
 pub(crate) struct FeedEvent {
     pub(crate) event_id: Uuid,
     delivery_id: Uuid,
@@ -189,19 +189,22 @@ impl Round {
             .iter()
             .map(|(id, upto)| (*id, (self.fed.get(id).copied().unwrap_or(0), *upto)))
             .unzip();
-        let events: Vec<FeedEvent> = sqlx::query_as(
-            "select h.event_id, h.delivery_id, h.version, h.event_type, h.actor_role, \
-                    h.actor_id, h.occurred_at, h.recorded_at \
-             from unnest($1::uuid[], $2::bigint[], $3::bigint[]) as m(delivery_id, after, upto) \
-             join delivery_history h on h.delivery_id = m.delivery_id \
-                  and h.version > m.after and h.version <= m.upto \
-             where m.after > 0 or h.recorded_at >= $4 \
-             order by h.recorded_at, h.delivery_id, h.version",
+        let events = sqlx::query_as!(
+            FeedEvent,
+            r#"select h.event_id as "event_id!", h.delivery_id as "delivery_id!",
+                      h.version as "version!", h.event_type as "event_type!",
+                      h.actor_role as "actor_role!", h.actor_id as "actor_id!",
+                      h.occurred_at as "occurred_at!", h.recorded_at as "recorded_at!"
+               from unnest($1::uuid[], $2::bigint[], $3::bigint[]) as m(delivery_id, after, upto)
+               join delivery_history h on h.delivery_id = m.delivery_id
+                    and h.version > m.after and h.version <= m.upto
+               where m.after > 0 or h.recorded_at >= $4
+               order by h.recorded_at, h.delivery_id, h.version"#,
+            &ids,
+            &after,
+            &upto,
+            self.since,
         )
-        .bind(&ids)
-        .bind(&after)
-        .bind(&upto)
-        .bind(self.since)
         .fetch_all(&self.pool)
         .await?;
         if self.fed.len() > REMEMBERED {
@@ -227,18 +230,19 @@ impl Round {
 
 /// The status counts and active riders, in one statement (one snapshot).
 async fn read_stats(pool: &PgPool) -> Result<LiveStats, sqlx::Error> {
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-        "select status, deliveries, \
-                (select count(*) from riders where active_deliveries > 0) \
-         from status_counts",
+    let rows = sqlx::query!(
+        r#"select status as "status!", deliveries as "deliveries!",
+                  (select count(*) from riders where active_deliveries > 0) as "active_riders!"
+           from status_counts"#
     )
     .fetch_all(pool)
     .await?;
     let mut stats = LiveStats {
         deliveries_by_status: ByStatus::default(),
-        active_riders: rows.first().map_or(0, |row| row.2),
+        active_riders: rows.first().map_or(0, |row| row.active_riders),
     };
-    for (status, deliveries, _) in rows {
+    for row in rows {
+        let (status, deliveries) = (row.status, row.deliveries);
         match domain::Status::parse(&status) {
             Some(status) => *stats.deliveries_by_status.count_mut(status) += deliveries,
             None => tracing::warn!(%status, "status_counts has a status this build does not know"),
