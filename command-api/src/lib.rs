@@ -10,11 +10,12 @@ pub mod error;
 mod http;
 pub mod idempotency;
 pub mod limits;
+mod openapi;
 pub mod relay;
 pub mod serve;
 pub mod service;
 pub mod store;
 
 pub use auth::Tokens;
-pub use http::{AppState, app, app_with_limits};
+pub use http::{AppState, app, app_with_limits, openapi};
 pub use limits::Limits;

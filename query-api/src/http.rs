@@ -4,10 +4,10 @@ use crate::auth::{Tokens, require_token};
 use crate::bounds::{Gate, HttpBounds, bound};
 use crate::error::ApiError;
 use crate::freshness::{FreshnessWatch, Waited};
+use crate::openapi::ApiDoc;
 use crate::{deliveries, history, riders, stats};
 use axum::extract::{FromRef, FromRequestParts, Path};
 use axum::http::request::Parts;
-use axum::routing::get;
 use axum::{Router, middleware};
 use chrono::{DateTime, Utc};
 use domain::{DeliveryId, RiderId};
@@ -16,6 +16,9 @@ use sqlx::PgPool;
 use std::future::Future;
 use std::time::Duration;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 /// What every handler shares.
@@ -37,23 +40,9 @@ pub fn app(state: AppState) -> Router {
 
 /// The query API as a router with the given bounds.
 pub fn app_with_bounds(state: AppState, bounds: HttpBounds) -> Router {
-    let reads = Router::new()
-        .route("/deliveries", get(deliveries::list))
-        .route("/deliveries/{id}", get(deliveries::get))
-        .route("/deliveries/{id}/history", get(history::get))
-        .route("/riders/{id}/deliveries", get(riders::get))
-        .route("/stats", get(stats::get))
-        // Route layers: an unknown path is a 404 without asking for a token, and neither it
-        // nor a health check counts against the concurrency limit.
-        .route_layer(middleware::from_fn_with_state(
-            state.tokens.clone(),
-            require_token,
-        ))
-        // Outermost, so a crowd is shed before any other work.
-        .route_layer(middleware::from_fn_with_state(Gate::new(&bounds), bound));
-    Router::new()
-        .merge(reads)
-        .route("/health", get(|| async { "ok" }))
+    let (routes, spec) = routes(&state.tokens, &bounds);
+    routes
+        .merge(platform::openapi::docs_router(spec))
         .fallback(|| async { ApiError::RouteNotFound })
         // After every route: it applies to the routes registered so far. axum still adds the
         // `Allow` header naming the methods the path has.
@@ -63,6 +52,49 @@ pub fn app_with_bounds(state: AppState, bounds: HttpBounds) -> Router {
         // request when a crowd is being shed.
         .layer(TraceLayer::new_for_http().on_failure(()))
         .with_state(state)
+}
+
+/// The OpenAPI contract of the query API, exactly as `GET /openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes(&Tokens::none(), &HttpBounds::default()).1
+}
+
+/// Every route the API serves, each with its spec entry: a handler joins the router only
+/// through `routes!`, which needs its `#[utoipa::path]`, so none can be served undocumented.
+fn routes(tokens: &Tokens, bounds: &HttpBounds) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let reads = OpenApiRouter::new()
+        .routes(routes!(deliveries::list))
+        .routes(routes!(deliveries::get))
+        .routes(routes!(history::get))
+        .routes(routes!(riders::get))
+        .routes(routes!(stats::get))
+        // Route layers: an unknown path is a 404 without asking for a token, and neither it
+        // nor a health check counts against the concurrency limit.
+        .route_layer(middleware::from_fn_with_state(
+            tokens.clone(),
+            require_token,
+        ))
+        // Outermost, so a crowd is shed before any other work.
+        .route_layer(middleware::from_fn_with_state(Gate::new(bounds), bound));
+    let (router, mut spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(reads)
+        .routes(routes!(health))
+        .split_for_parts();
+    platform::openapi::add_shared_components(&mut spec);
+    crate::openapi::link_reads(&mut spec);
+    (router, spec)
+}
+
+/// Whether the process is up; outside every bound and without a token.
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "health",
+    tag = "operations",
+    responses((status = 200, description = "Up", body = String, content_type = "text/plain", example = "ok"))
+)]
+async fn health() -> &'static str {
+    "ok"
 }
 
 /// Query parameters whose every rejection is an `invalid-query` problem.

@@ -18,6 +18,7 @@ pub mod freshness;
 mod history;
 mod http;
 mod listener;
+mod openapi;
 mod riders;
 mod stats;
 
@@ -27,4 +28,4 @@ pub use config::{Config, serve};
 pub use deliveries::DeliveryView;
 pub use error::ApiError;
 pub use freshness::FreshnessWatch;
-pub use http::{AppState, app, app_with_bounds};
+pub use http::{AppState, app, app_with_bounds, openapi};
