@@ -140,9 +140,12 @@ pub async fn assert_router_serves_the_spec(
                 continue;
             }
             let (status, code) = answer(app, &other, &path).await;
+            // An answer to HEAD has no body to carry the code.
+            let code = if other == "HEAD" { None } else { code };
+            let expected = (other != "HEAD").then_some("method-not-allowed");
             assert_eq!(
                 (status, code.as_deref()),
-                (405, Some("method-not-allowed")),
+                (405, expected),
                 "{other} {template} is served but not in the spec"
             );
         }
