@@ -13,8 +13,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router, middleware};
 use domain::{Address, CancelReason, Command, CustomerId, DeliveryId, OrderRef, RiderId};
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer};
 use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -108,6 +108,7 @@ struct CreateRequest {
 struct AssignRequest {
     rider_id: RiderId,
     /// The version the client decided from, like `If-Match` (the two must agree).
+    #[serde(default, deserialize_with = "integral")]
     expected_version: Option<i64>,
 }
 
@@ -116,7 +117,26 @@ struct AssignRequest {
 struct CancelRequest {
     reason: CancelReason,
     /// The version the client decided from, like `If-Match` (the two must agree).
+    #[serde(default, deserialize_with = "integral")]
     expected_version: Option<i64>,
+}
+
+/// An integer written as `3` or as `3.0`: JSON Schema's `integer`, and so the contract, counts
+/// both (and some encoders write every number with a fraction). The fuzzer found `3.0` refused.
+fn integral<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    if let Some(integer) = number.as_i64() {
+        return Ok(Some(integer));
+    }
+    // Below 2^63 in magnitude, an integral f64 converts to i64 exactly.
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+    number
+        .as_f64()
+        .filter(|value| value.fract() == 0.0 && (-LIMIT..LIMIT).contains(value))
+        .map(|value| Some(value as i64))
+        .ok_or_else(|| D::Error::custom(format!("expected an integer, got {number}")))
 }
 
 fn parse_body<T: DeserializeOwned>(body: &serde_json::Value) -> Result<T, ApiError> {
