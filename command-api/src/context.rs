@@ -111,3 +111,36 @@ fn correlation_id(headers: &HeaderMap) -> Result<Uuid, ApiError> {
         .and_then(|raw| Uuid::parse_str(raw).ok())
         .ok_or_else(|| ApiError::InvalidHeader("X-Correlation-Id must be a UUID".into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn if_match(value: &str) -> Option<Option<i64>> {
+        let mut headers = HeaderMap::new();
+        let value = HeaderValue::from_str(value).expect("a header value");
+        headers.insert(header::IF_MATCH, value);
+        if_match_version(&headers).ok()
+    }
+
+    #[test]
+    fn if_match_takes_exactly_the_documented_grammar() {
+        for (value, version) in [("\"3\"", 3), ("W/\"3\"", 3), ("3", 3), ("\"0\"", 0)] {
+            assert_eq!(if_match(value), Some(Some(version)), "{value}");
+        }
+        assert_eq!(if_match("*"), Some(None));
+        for value in [
+            "\"3",
+            "3\"",
+            "+3",
+            "-1",
+            "W/3",
+            "\"\"",
+            "latest",
+            "1234567890123456789",
+        ] {
+            assert_eq!(if_match(value), None, "{value} is refused");
+        }
+    }
+}
