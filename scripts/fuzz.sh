@@ -55,6 +55,10 @@ pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done
     wait 2>/dev/null
+    for db in fuzz_write fuzz_read; do
+        PGOPTIONS="-c client_min_messages=warning" psql -q "$POSTGRES_URL/postgres" \
+            -c "drop database if exists $db with (force)" 2>/dev/null
+    done
 }
 trap cleanup EXIT
 start() { # NAME COMMAND...
