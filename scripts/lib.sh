@@ -129,3 +129,23 @@ create_sqlx_check_database() {
     check_db_psql -d "$POSTGRES_URL/postgres" \
         -c "alter database \"$name\" set search_path = projection_ddl, public"
 }
+
+# The API contract's Python tools, in a venv installed once per machine outside the repo:
+# openapi-spec-validator (the APIs' spec tests run it on the generated specs) and schemathesis
+# (scripts/fuzz.sh). Exports their paths, which the tests read.
+API_TOOLS_ROOT="${API_TOOLS_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/delivery-platform/api-tools}"
+OPENAPI_SPEC_VALIDATOR_VERSION=0.9.0
+SCHEMATHESIS_VERSION=4.32.5
+
+ensure_api_tools() {
+    export OPENAPI_SPEC_VALIDATOR="$API_TOOLS_ROOT/bin/openapi-spec-validator"
+    export SCHEMATHESIS="$API_TOOLS_ROOT/bin/schemathesis"
+    local stamp="$API_TOOLS_ROOT/installed-$OPENAPI_SPEC_VALIDATOR_VERSION-$SCHEMATHESIS_VERSION"
+    [ -f "$stamp" ] && return 0
+    echo "installing openapi-spec-validator and schemathesis into $API_TOOLS_ROOT (once per machine)" >&2
+    python3 -m venv "$API_TOOLS_ROOT" >&2
+    "$API_TOOLS_ROOT/bin/pip" install -q --disable-pip-version-check \
+        "openapi-spec-validator==$OPENAPI_SPEC_VALIDATOR_VERSION" \
+        "schemathesis==$SCHEMATHESIS_VERSION" >&2
+    touch "$stamp"
+}

@@ -61,6 +61,7 @@ where
 }
 
 /// `If-Match: "3"` (or `3`, or `W/"3"`) expects version 3; `*` or no header means "latest".
+/// The grammar is the contract's (`openapi::IF_MATCH_PATTERN`): nothing looser is accepted.
 fn if_match_version(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     let Some(value) = headers.get(header::IF_MATCH) else {
         return Ok(None);
@@ -70,12 +71,18 @@ fn if_match_version(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     if raw == "*" {
         return Ok(None);
     }
-    let raw = raw.strip_prefix("W/").unwrap_or(raw).trim_matches('"');
-    raw.parse::<i64>()
-        .ok()
-        .filter(|version| *version >= 0)
-        .map(Some)
-        .ok_or_else(invalid)
+    let tag = raw.strip_prefix("W/").unwrap_or(raw);
+    let digits = match tag.strip_prefix('"') {
+        Some(quoted) => quoted.strip_suffix('"').ok_or_else(invalid)?,
+        // A bare number, but not a weak one: `W/` only prefixes an entity tag.
+        None if tag.len() == raw.len() => tag,
+        None => return Err(invalid()),
+    };
+    // At most 18 digits: always an i64, and a version no delivery will reach.
+    if digits.is_empty() || digits.len() > 18 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    digits.parse::<i64>().map(Some).map_err(|_| invalid())
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -103,4 +110,37 @@ fn correlation_id(headers: &HeaderMap) -> Result<Uuid, ApiError> {
         .ok()
         .and_then(|raw| Uuid::parse_str(raw).ok())
         .ok_or_else(|| ApiError::InvalidHeader("X-Correlation-Id must be a UUID".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn if_match(value: &str) -> Option<Option<i64>> {
+        let mut headers = HeaderMap::new();
+        let value = HeaderValue::from_str(value).expect("a header value");
+        headers.insert(header::IF_MATCH, value);
+        if_match_version(&headers).ok()
+    }
+
+    #[test]
+    fn if_match_takes_exactly_the_documented_grammar() {
+        for (value, version) in [("\"3\"", 3), ("W/\"3\"", 3), ("3", 3), ("\"0\"", 0)] {
+            assert_eq!(if_match(value), Some(Some(version)), "{value}");
+        }
+        assert_eq!(if_match("*"), Some(None));
+        for value in [
+            "\"3",
+            "3\"",
+            "+3",
+            "-1",
+            "W/3",
+            "\"\"",
+            "latest",
+            "1234567890123456789",
+        ] {
+            assert_eq!(if_match(value), None, "{value} is refused");
+        }
+    }
 }

@@ -7,17 +7,21 @@ use crate::context::CommandContext;
 use crate::error::ApiError;
 use crate::limits::{self, Guard, Limits};
 use crate::metrics::{self, CommandOutcome};
-use crate::service::{CommandService, Outcome, Recorded, Submission};
+use crate::openapi::{self, ApiDoc, BodilessCommandProblems, BodyCommandProblems, CreateProblems};
+use crate::service::{Accepted, CommandService, Outcome, Recorded, Submission};
 use axum::extract::{DefaultBodyLimit, FromRef, FromRequest, Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router, middleware};
 use domain::{Address, CancelReason, Command, CustomerId, DeliveryId, OrderRef, RiderId};
-use serde::Deserialize;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer};
 use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 /// What the embedding code provides.
@@ -44,23 +48,13 @@ pub fn app(state: AppState) -> Router {
 /// The command API as a router with the given bounds.
 pub fn app_with_limits(state: AppState, limits: Limits) -> Router {
     metrics::register();
-    let guard = Guard::new(&limits);
     let shared = Shared {
         service: CommandService::new(state.pool, limits.idempotency_ttl),
         tokens: state.tokens,
     };
-    Router::new()
-        .route("/deliveries", post(create))
-        .route("/deliveries/{id}/assign", post(assign))
-        .route("/deliveries/{id}/pickup", post(pick_up))
-        .route("/deliveries/{id}/complete", post(complete))
-        .route("/deliveries/{id}/cancel", post(cancel))
-        // Commands only: a health check must answer even when commands are shed.
-        .route_layer(middleware::from_fn_with_state(guard, limits::guard))
-        // Outside the guard, so that shed and timed-out commands are counted too.
-        .route_layer(middleware::from_fn(metrics::measure))
-        .route("/health", get(|| async { "ok" }))
-        .route("/metrics", get(platform::service::metrics::scrape))
+    let (routes, spec) = routes(&limits);
+    routes
+        .merge(platform::openapi::docs_router(spec))
         // After the routes: it applies to the routes registered before it.
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .fallback(|| async { ApiError::RouteNotFound })
@@ -69,12 +63,41 @@ pub fn app_with_limits(state: AppState, limits: Limits) -> Router {
         .with_state(shared)
 }
 
+/// The OpenAPI contract of the command API, exactly as `GET /openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes(&Limits::default()).1
+}
+
+/// Every route the API serves, each with its spec entry: a handler joins the router only
+/// through `routes!`, which needs its `#[utoipa::path]`, so none can be served undocumented.
+fn routes(limits: &Limits) -> (Router<Shared>, utoipa::openapi::OpenApi) {
+    let (router, mut spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(create))
+        .routes(routes!(assign))
+        .routes(routes!(pick_up))
+        .routes(routes!(complete))
+        .routes(routes!(cancel))
+        // Commands only: a health check must answer even when commands are shed.
+        .route_layer(middleware::from_fn_with_state(
+            Guard::new(limits),
+            limits::guard,
+        ))
+        // Outside the guard, so that shed and timed-out commands are counted too.
+        .route_layer(middleware::from_fn(metrics::measure))
+        .routes(routes!(health))
+        .routes(routes!(scrape_metrics))
+        .split_for_parts();
+    platform::openapi::add_shared_components(&mut spec);
+    openapi::link_commands(&mut spec);
+    (router, spec)
+}
+
 /// A JSON body whose every rejection (syntax, content type, size) is an `ApiError`.
 #[derive(FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
 struct JsonBody<T>(T);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateRequest {
     /// Lets a client choose the id (and so retry a create safely); a UUID v7 otherwise.
@@ -85,18 +108,40 @@ struct CreateRequest {
     dropoff: Address,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AssignRequest {
     rider_id: RiderId,
+    /// The version the client decided from, like `If-Match` (the two must agree).
+    #[serde(default, deserialize_with = "integral")]
     expected_version: Option<i64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CancelRequest {
     reason: CancelReason,
+    /// The version the client decided from, like `If-Match` (the two must agree).
+    #[serde(default, deserialize_with = "integral")]
     expected_version: Option<i64>,
+}
+
+/// An integer written as `3` or as `3.0`: JSON Schema's `integer`, and so the contract, counts
+/// both (and some encoders write every number with a fraction). The fuzzer found `3.0` refused.
+fn integral<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    if let Some(integer) = number.as_i64() {
+        return Ok(Some(integer));
+    }
+    // Below 2^63 in magnitude, an integral f64 converts to i64 exactly.
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+    number
+        .as_f64()
+        .filter(|value| value.fract() == 0.0 && (-LIMIT..LIMIT).contains(value))
+        .map(|value| Some(value as i64))
+        .ok_or_else(|| D::Error::custom(format!("expected an integer, got {number}")))
 }
 
 fn parse_body<T: DeserializeOwned>(body: &serde_json::Value) -> Result<T, ApiError> {
@@ -108,6 +153,23 @@ fn delivery_in_path(id: &str) -> Result<DeliveryId, ApiError> {
     DeliveryId::parse(id).map_err(|_| ApiError::NotFound)
 }
 
+#[utoipa::path(
+    post, path = "/deliveries",
+    operation_id = "create_delivery",
+    summary = "Create a delivery (dispatcher, admin)",
+    request_body(content = CreateRequest, content_type = "application/json"),
+    params(CommandContext),
+    security(("bearer" = [])),
+    tag = "commands",
+    responses(
+        (status = 201, description = "Created: the new version and the appended event", body = Accepted,
+            headers(
+                ("ETag" = String, description = "The new version, to send back as `If-Match`"),
+                ("Idempotency-Replayed" = String, description = "`true` when this is the answer to an earlier request with the same key"),
+            )),
+        CreateProblems,
+    )
+)]
 async fn create(
     State(service): State<CommandService>,
     context: CommandContext,
@@ -126,6 +188,23 @@ async fn create(
     service.handle(&context, submission).await
 }
 
+#[utoipa::path(
+    post, path = "/deliveries/{id}/assign",
+    operation_id = "assign_rider",
+    summary = "Assign a rider (dispatcher, admin)",
+    request_body(content = AssignRequest, content_type = "application/json"),
+    params(CommandContext, ("id" = inline(DeliveryId), Path, description = "The delivery")),
+    security(("bearer" = [])),
+    tag = "commands",
+    responses(
+        (status = 200, description = "Assigned: the new version and the appended event", body = Accepted,
+            headers(
+                ("ETag" = String, description = "The new version, to send back as `If-Match`"),
+                ("Idempotency-Replayed" = String, description = "`true` when this is the answer to an earlier request with the same key"),
+            )),
+        BodyCommandProblems,
+    )
+)]
 async fn assign(
     State(service): State<CommandService>,
     context: CommandContext,
@@ -141,6 +220,23 @@ async fn assign(
     service.handle(&context, submission).await
 }
 
+#[utoipa::path(
+    post, path = "/deliveries/{id}/cancel",
+    operation_id = "cancel",
+    summary = "Cancel the delivery (dispatcher, admin, system)",
+    request_body(content = CancelRequest, content_type = "application/json"),
+    params(CommandContext, ("id" = inline(DeliveryId), Path, description = "The delivery")),
+    security(("bearer" = [])),
+    tag = "commands",
+    responses(
+        (status = 200, description = "Cancelled: the new version and the appended event", body = Accepted,
+            headers(
+                ("ETag" = String, description = "The new version, to send back as `If-Match`"),
+                ("Idempotency-Replayed" = String, description = "`true` when this is the answer to an earlier request with the same key"),
+            )),
+        BodyCommandProblems,
+    )
+)]
 async fn cancel(
     State(service): State<CommandService>,
     context: CommandContext,
@@ -157,6 +253,22 @@ async fn cancel(
 }
 
 /// Pick-up and completion carry no information beyond who and when: no body is read.
+#[utoipa::path(
+    post, path = "/deliveries/{id}/pickup",
+    operation_id = "pick_up",
+    summary = "Pick the delivery up (its rider, admin)",
+    params(CommandContext, ("id" = inline(DeliveryId), Path, description = "The delivery")),
+    security(("bearer" = [])),
+    tag = "commands",
+    responses(
+        (status = 200, description = "Picked up: the new version and the appended event", body = Accepted,
+            headers(
+                ("ETag" = String, description = "The new version, to send back as `If-Match`"),
+                ("Idempotency-Replayed" = String, description = "`true` when this is the answer to an earlier request with the same key"),
+            )),
+        BodilessCommandProblems,
+    )
+)]
 async fn pick_up(
     State(service): State<CommandService>,
     context: CommandContext,
@@ -166,6 +278,22 @@ async fn pick_up(
     service.handle(&context, submission).await
 }
 
+#[utoipa::path(
+    post, path = "/deliveries/{id}/complete",
+    operation_id = "complete",
+    summary = "Complete the delivery (its rider, admin)",
+    params(CommandContext, ("id" = inline(DeliveryId), Path, description = "The delivery")),
+    security(("bearer" = [])),
+    tag = "commands",
+    responses(
+        (status = 200, description = "Completed: the new version and the appended event", body = Accepted,
+            headers(
+                ("ETag" = String, description = "The new version, to send back as `If-Match`"),
+                ("Idempotency-Replayed" = String, description = "`true` when this is the answer to an earlier request with the same key"),
+            )),
+        BodilessCommandProblems,
+    )
+)]
 async fn complete(
     State(service): State<CommandService>,
     context: CommandContext,
@@ -173,6 +301,30 @@ async fn complete(
 ) -> Result<Outcome, ApiError> {
     let submission = Submission::new(delivery_in_path(&id)?, Command::Complete);
     service.handle(&context, submission).await
+}
+
+/// Whether the process is up; outside every bound and without a token.
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "health",
+    tag = "operations",
+    responses((status = 200, description = "Up", body = String, content_type = "text/plain", example = "ok"))
+)]
+async fn health() -> &'static str {
+    "ok"
+}
+
+/// This process's Prometheus metrics; outside every bound and without a token.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain"))
+)]
+async fn scrape_metrics() -> Response {
+    platform::service::metrics::scrape().await
 }
 
 /// A success carries the new version in its ETag, so a client can send it back as If-Match;

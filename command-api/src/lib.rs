@@ -11,11 +11,12 @@ mod http;
 pub mod idempotency;
 pub mod limits;
 pub mod metrics;
+mod openapi;
 pub mod relay;
 pub mod serve;
 pub mod service;
 pub mod store;
 
 pub use auth::Tokens;
-pub use http::{AppState, app, app_with_limits};
+pub use http::{AppState, app, app_with_limits, openapi};
 pub use limits::Limits;

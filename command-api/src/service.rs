@@ -67,7 +67,7 @@ pub enum Outcome {
 }
 
 /// A command's events, as stored. Serialized, it is the success body a client reads.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Accepted {
     pub delivery_id: DeliveryId,
     /// The delivery's version after the command: what a client sends back as `If-Match`.

@@ -21,10 +21,12 @@ pub enum StoreError {
 }
 
 /// Where and when the store put an appended event.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct Appended {
     pub event_id: Uuid,
+    /// The event's type name, a public contract (`delivery.created`, ...).
     #[serde(rename = "type")]
+    #[schema(value_type = String, example = "delivery.created")]
     pub event_type: &'static str,
     pub version: i64,
     pub global_position: i64,

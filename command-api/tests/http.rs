@@ -4,9 +4,11 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use command_api::{AppState, Tokens, app};
+use e2e::Contract;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use std::sync::LazyLock;
 use tower::ServiceExt;
 
 const DISPATCHER: &str = "dispatcher-token";
@@ -61,7 +63,14 @@ async fn send(
     send_raw(app, request).await
 }
 
+/// The contract every answer of these tests must keep.
+static CONTRACT: LazyLock<Contract> = LazyLock::new(|| {
+    Contract::new(serde_json::to_value(command_api::openapi()).expect("the spec serializes"))
+});
+
+/// Sends `request`; its answer must be one the spec documents for the operation.
 async fn send_raw(app: &Router, request: Request<Body>) -> Reply {
+    let (method, uri) = (request.method().to_string(), request.uri().to_string());
     let response = app.clone().oneshot(request).await.expect("router answers");
     let (parts, body) = response.into_parts();
     let header = |name: &str| {
@@ -77,6 +86,7 @@ async fn send_raw(app: &Router, request: Request<Body>) -> Reply {
     let replayed = header("idempotency-replayed").is_some();
     let bytes = body.collect().await.expect("body reads").to_bytes();
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    CONTRACT.assert_documented(&method, &uri, status.as_u16(), &body);
     Reply {
         status,
         content_type,

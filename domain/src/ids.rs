@@ -50,8 +50,10 @@ impl fmt::Display for DeliveryId {
 }
 
 /// Declares a bounded, printable text identifier.
+/// `$pattern` is `$allowed` as a JSON Schema regular expression: with `$max`, what the API
+/// contract says the type accepts (the `openapi` feature).
 macro_rules! text_id {
-    ($(#[$doc:meta])* $name:ident, $field:literal, $max:literal, $allowed:expr) => {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:literal, $allowed:expr, $pattern:expr, $example:literal) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -96,12 +98,28 @@ macro_rules! text_id {
                 f.write_str(&self.0)
             }
         }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                crate::openapi::text(1, $max, $pattern, $example)
+            }
+        }
+
+        #[cfg(feature = "openapi")]
+        impl utoipa::ToSchema for $name {}
     };
 }
+
+/// `is_id_char` as a regular expression.
+const ID_PATTERN: &str = "^[A-Za-z0-9._:-]+$";
 
 fn is_id_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':')
 }
+
+/// `is_text_char` as a regular expression: no character of Unicode's Cc category.
+const TEXT_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$";
 
 fn is_text_char(c: char) -> bool {
     !c.is_control()
@@ -109,19 +127,19 @@ fn is_text_char(c: char) -> bool {
 
 text_id!(
     /// A rider, as the dispatching system knows them (`rider-42`).
-    RiderId, "rider_id", 64, is_id_char
+    RiderId, "rider_id", 64, is_id_char, ID_PATTERN, "rider-42"
 );
 text_id!(
     /// The customer who ordered.
-    CustomerId, "customer_id", 64, is_id_char
+    CustomerId, "customer_id", 64, is_id_char, ID_PATTERN, "customer-7"
 );
 text_id!(
     /// The order (and store) this delivery fulfils, as the ordering system names it.
-    OrderRef, "order_ref", 128, is_id_char
+    OrderRef, "order_ref", 128, is_id_char, ID_PATTERN, "order-1001"
 );
 text_id!(
     /// Why a delivery was cancelled, free text for people.
-    CancelReason, "reason", 500, is_text_char
+    CancelReason, "reason", 500, is_text_char, TEXT_PATTERN, "customer changed their mind"
 );
 
 /// A place to pick up from or drop off at. Coordinates are WGS84 degrees, checked for range.

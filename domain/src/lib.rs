@@ -14,6 +14,8 @@ mod event;
 #[cfg(feature = "fixtures")]
 pub mod fixtures;
 mod ids;
+#[cfg(feature = "openapi")]
+mod openapi;
 
 pub use actor::{Actor, Role};
 pub use canonical::canonical_json;

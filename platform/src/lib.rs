@@ -4,9 +4,11 @@
 //!   reader role;
 //! - `stored`: an event store row and its conversion to the domain's envelope;
 //! - `problem`: problem+json errors;
+//! - `openapi`: what both APIs' OpenAPI contracts share, and the router serving spec and docs;
 //! - `service`: start-up every binary repeats: tracing, the shutdown signal, serving a router,
 //!   and Prometheus metrics (`service::metrics`).
 
+pub mod openapi;
 pub mod problem;
 pub mod read_model;
 pub mod service;

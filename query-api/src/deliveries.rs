@@ -5,28 +5,37 @@ use crate::cursor::Cursor;
 use crate::error::ApiError;
 use crate::history;
 use crate::http::{AppState, DeliveryPath, MinVersion, QueryParams, internal, read_fresh, rfc3339};
+use crate::openapi::{DeliveryProblems, ListProblems};
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use domain::{Address, Delivery, RiderId, Status};
+use domain::{Address, CancelReason, CustomerId, Delivery, DeliveryId, OrderRef, RiderId, Status};
 use platform::read_model::{DELIVERY_COLUMNS, DeliveryRow};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sqlx::{PgPool, Postgres, QueryBuilder};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 /// A delivery as clients see it: the columns of `deliveries` (`DeliveryRow`), in this order,
 /// its state spelled out as JSON.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct DeliveryView {
     pub delivery_id: Uuid,
+    #[schema(value_type = Status)]
     pub status: String,
+    #[schema(value_type = OrderRef)]
     pub order_ref: String,
+    #[schema(value_type = CustomerId)]
     pub customer_id: String,
     /// `{line, lat, lon}`.
+    #[schema(value_type = Address)]
     pub pickup: serde_json::Value,
+    #[schema(value_type = Address)]
     pub dropoff: serde_json::Value,
+    #[schema(value_type = Option<RiderId>)]
     pub rider_id: Option<String>,
+    #[schema(value_type = Option<CancelReason>)]
     pub cancel_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub assigned_at: Option<DateTime<Utc>>,
@@ -71,15 +80,34 @@ fn address(address: &Address) -> serde_json::Value {
     json!({"line": address.line(), "lat": address.lat(), "lon": address.lon()})
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ReadParams {
+    /// Answer only once the read model holds this version (read-your-writes); else 503.
+    #[param(minimum = 1)]
     min_version: Option<i64>,
+    /// How long to wait for `min_version`, in milliseconds; the server's limit caps it.
     wait_ms: Option<u64>,
+    /// The delivery as it was at this time (RFC 3339), folded from its history. Not with
+    /// `min_version`.
     #[serde(default, deserialize_with = "rfc3339")]
     as_of: Option<DateTime<Utc>>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/deliveries/{id}",
+    operation_id = "get_delivery",
+    summary = "A delivery: now, at least at a version, or as of a time",
+    params(("id" = inline(DeliveryId), Path, description = "The delivery"), ReadParams),
+    security(("bearer" = [])),
+    tag = "reads",
+    responses(
+        (status = 200, description = "The delivery", body = DeliveryView),
+        DeliveryProblems,
+    )
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     DeliveryPath(id): DeliveryPath,
@@ -150,28 +178,49 @@ async fn as_of(pool: &PgPool, id: Uuid, at: DateTime<Utc>) -> Result<DeliveryVie
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct ListParams {
+    /// Only deliveries in this status.
+    #[param(inline)]
     status: Option<Status>,
+    /// Only this rider's deliveries.
+    #[param(value_type = Option<RiderId>, inline)]
     rider_id: Option<String>,
-    /// Exclusive.
+    /// Only deliveries created after this time (RFC 3339), exclusive.
     #[serde(default, deserialize_with = "rfc3339")]
     created_after: Option<DateTime<Utc>>,
+    /// Page size, 1 to 500 (50 by default).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
+    /// Where the previous page ended: its `next_cursor`.
     cursor: Option<String>,
 }
 
 const DEFAULT_LIMIT: i64 = 50;
 const MAX_LIMIT: i64 = 500;
 
-/// One page, oldest first; `next_cursor` is `None` on the last page.
-#[derive(Serialize)]
+/// One page, oldest first; `next_cursor` is `null` on the last page.
+#[derive(Serialize, ToSchema)]
 pub(crate) struct Page {
     items: Vec<DeliveryView>,
     next_cursor: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/deliveries",
+    operation_id = "list_deliveries",
+    summary = "Deliveries, filtered, oldest first, a page at a time",
+    params(ListParams),
+    security(("bearer" = [])),
+    tag = "reads",
+    responses(
+        (status = 200, description = "A page of deliveries", body = Page),
+        ListProblems,
+    )
+)]
 pub(crate) async fn list(
     State(pool): State<PgPool>,
     QueryParams(params): QueryParams<ListParams>,

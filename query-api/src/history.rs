@@ -2,13 +2,15 @@
 
 use crate::error::ApiError;
 use crate::http::{AppState, DeliveryPath, MinVersion, QueryParams, internal, read_fresh};
+use crate::openapi::DeliveryProblems;
 use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use domain::Event;
+use domain::{DeliveryId, Event, Role};
 use platform::read_model::HistoryRow;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 /// The whole history of one delivery, in version order.
@@ -54,7 +56,7 @@ pub(crate) fn event_of(row: HistoryRow) -> Result<Event, ApiError> {
     envelope.decode().map_err(internal)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct HistoryView {
     delivery_id: Uuid,
     events: Vec<EventView>,
@@ -62,11 +64,13 @@ pub(crate) struct HistoryView {
 
 /// One event as clients see it: the published envelope's fields (not where the projector
 /// read it in Kafka).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct EventView {
     version: i64,
     event_id: Uuid,
+    /// The event's type name, a public contract (`delivery.created`, ...).
     #[serde(rename = "type")]
+    #[schema(example = "delivery.created")]
     event_type: String,
     schema_version: i32,
     actor: ActorView,
@@ -74,11 +78,14 @@ struct EventView {
     recorded_at: DateTime<Utc>,
     correlation_id: Uuid,
     causation_id: Uuid,
+    /// The event's information; its shape depends on `type`.
+    #[schema(value_type = Object)]
     data: serde_json::Value,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct ActorView {
+    #[schema(value_type = Role)]
     role: String,
     id: String,
 }
@@ -103,13 +110,30 @@ impl From<HistoryRow> for EventView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct HistoryParams {
+    /// Answer only once the read model holds this version (read-your-writes); else 503.
+    #[param(minimum = 1)]
     min_version: Option<i64>,
+    /// How long to wait for `min_version`, in milliseconds; the server's limit caps it.
     wait_ms: Option<u64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/deliveries/{id}/history",
+    operation_id = "get_history",
+    summary = "Every event of a delivery, in version order",
+    params(("id" = inline(DeliveryId), Path, description = "The delivery"), HistoryParams),
+    security(("bearer" = [])),
+    tag = "reads",
+    responses(
+        (status = 200, description = "The delivery's history", body = HistoryView),
+        DeliveryProblems,
+    )
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     DeliveryPath(id): DeliveryPath,

@@ -6,10 +6,10 @@ use crate::error::ApiError;
 use crate::freshness::{FreshnessWatch, Waited};
 use crate::live::Live;
 use crate::metrics::{self, Freshness};
+use crate::openapi::ApiDoc;
 use crate::{dashboard, deliveries, history, live, riders, stats};
 use axum::extract::{FromRef, FromRequestParts, Path};
 use axum::http::request::Parts;
-use axum::routing::get;
 use axum::{Router, middleware};
 use chrono::{DateTime, Utc};
 use domain::{DeliveryId, RiderId};
@@ -18,6 +18,9 @@ use sqlx::PgPool;
 use std::future::Future;
 use std::time::{Duration, Instant};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 /// What every handler shares.
@@ -42,27 +45,12 @@ pub fn app(state: AppState) -> Router {
 /// The query API as a router with the given bounds.
 pub fn app_with_bounds(state: AppState, bounds: HttpBounds) -> Router {
     metrics::register();
-    let reads = Router::new()
-        .route("/deliveries", get(deliveries::list))
-        .route("/deliveries/{id}", get(deliveries::get))
-        .route("/deliveries/{id}/history", get(history::get))
-        .route("/riders/{id}/deliveries", get(riders::get))
-        .route("/stats", get(stats::get))
-        // Route layers: an unknown path is a 404 without asking for a token, and neither it
-        // nor a health check counts against the concurrency limit.
-        .route_layer(middleware::from_fn_with_state(
-            state.tokens.clone(),
-            require_token,
-        ))
-        // Outermost, so a crowd is shed before any other work.
-        .route_layer(middleware::from_fn_with_state(Gate::new(&bounds), bound))
-        // Around even that, so shed requests are timed too.
-        .route_layer(middleware::from_fn(metrics::track_route));
-    Router::new()
-        .merge(reads)
+    let (routes, spec) = routes(&state.tokens, &bounds);
+    routes
+        // Not in the OpenAPI spec yet: the live streams, the dashboard's sessions and page
+        // (the contract tests list them as known exceptions).
         .merge(live::routes(&state).merge(dashboard::routes()))
-        .route("/health", get(|| async { "ok" }))
-        .route("/metrics", get(platform::service::metrics::scrape))
+        .merge(platform::openapi::docs_router(spec))
         .fallback(|| async { ApiError::RouteNotFound })
         // After every route: it applies to the routes registered so far. axum still adds the
         // `Allow` header naming the methods the path has.
@@ -72,6 +60,64 @@ pub fn app_with_bounds(state: AppState, bounds: HttpBounds) -> Router {
         // request when a crowd is being shed.
         .layer(TraceLayer::new_for_http().on_failure(()))
         .with_state(state)
+}
+
+/// The OpenAPI contract of the query API, exactly as `GET /openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes(&Tokens::none(), &HttpBounds::default()).1
+}
+
+/// Every route the API serves, each with its spec entry: a handler joins the router only
+/// through `routes!`, which needs its `#[utoipa::path]`, so none can be served undocumented.
+fn routes(tokens: &Tokens, bounds: &HttpBounds) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let reads = OpenApiRouter::new()
+        .routes(routes!(deliveries::list))
+        .routes(routes!(deliveries::get))
+        .routes(routes!(history::get))
+        .routes(routes!(riders::get))
+        .routes(routes!(stats::get))
+        // Route layers: an unknown path is a 404 without asking for a token, and neither it
+        // nor a health check counts against the concurrency limit.
+        .route_layer(middleware::from_fn_with_state(
+            tokens.clone(),
+            require_token,
+        ))
+        // Outermost, so a crowd is shed before any other work.
+        .route_layer(middleware::from_fn_with_state(Gate::new(bounds), bound))
+        // Around even that, so shed requests are timed too.
+        .route_layer(middleware::from_fn(metrics::track_route));
+    let (router, mut spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(reads)
+        .routes(routes!(health))
+        .routes(routes!(scrape_metrics))
+        .split_for_parts();
+    platform::openapi::add_shared_components(&mut spec);
+    crate::openapi::link_reads(&mut spec);
+    (router, spec)
+}
+
+/// Whether the process is up; outside every bound and without a token.
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "health",
+    tag = "operations",
+    responses((status = 200, description = "Up", body = String, content_type = "text/plain", example = "ok"))
+)]
+async fn health() -> &'static str {
+    "ok"
+}
+
+/// This process's Prometheus metrics; outside every bound and without a token.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain"))
+)]
+async fn scrape_metrics() -> axum::response::Response {
+    platform::service::metrics::scrape().await
 }
 
 /// Query parameters whose every rejection is an `invalid-query` problem.

@@ -23,6 +23,7 @@ mod http;
 mod listener;
 pub mod live;
 pub mod metrics;
+mod openapi;
 mod riders;
 mod stats;
 
@@ -32,5 +33,5 @@ pub use config::{Config, serve};
 pub use deliveries::DeliveryView;
 pub use error::ApiError;
 pub use freshness::FreshnessWatch;
-pub use http::{AppState, app, app_with_bounds};
+pub use http::{AppState, app, app_with_bounds, openapi};
 pub use live::{Live, LiveConfig};

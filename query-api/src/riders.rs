@@ -3,18 +3,21 @@
 use crate::deliveries::DeliveryView;
 use crate::error::ApiError;
 use crate::http::RiderPath;
+use crate::openapi::RiderProblems;
 use axum::Json;
 use axum::extract::State;
-use domain::Status;
+use domain::{RiderId, Status};
 use platform::read_model::{DELIVERY_COLUMNS, DeliveryRow};
 use serde::Serialize;
 use sqlx::PgPool;
+use utoipa::ToSchema;
 
 /// How many completed deliveries the rider view lists.
 const RECENT_COMPLETED: i64 = 50;
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct RiderView {
+    #[schema(value_type = RiderId)]
     rider_id: String,
     active_deliveries: i32,
     completed_deliveries: i32,
@@ -24,6 +27,19 @@ pub(crate) struct RiderView {
     recent_completed: Vec<DeliveryView>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/riders/{id}/deliveries",
+    operation_id = "get_rider_deliveries",
+    summary = "A rider's counters, active deliveries and recent completions",
+    params(("id" = inline(RiderId), Path, description = "The rider")),
+    security(("bearer" = [])),
+    tag = "reads",
+    responses(
+        (status = 200, description = "The rider's deliveries", body = RiderView),
+        RiderProblems,
+    )
+)]
 pub(crate) async fn get(
     State(pool): State<PgPool>,
     RiderPath(rider_id): RiderPath,

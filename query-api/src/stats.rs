@@ -1,13 +1,15 @@
 //! `GET /stats`: the live operations numbers.
 
 use crate::error::ApiError;
+use crate::openapi::StatsProblems;
 use axum::Json;
 use axum::extract::State;
 use domain::Status;
 use serde::Serialize;
 use sqlx::PgPool;
+use utoipa::ToSchema;
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct Stats {
     deliveries_by_status: ByStatus,
     #[serde(flatten)]
@@ -15,7 +17,7 @@ pub(crate) struct Stats {
 }
 
 /// Every status, always present, in lifecycle order (also sent by `/stats/stream`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, ToSchema)]
 pub(crate) struct ByStatus {
     created: i64,
     rider_assigned: i64,
@@ -37,7 +39,7 @@ impl ByStatus {
 }
 
 /// Everything but the status counts, read in one statement.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Numbers {
     /// Riders with at least one assigned or picked-up delivery.
     active_riders: i64,
@@ -52,6 +54,18 @@ struct Numbers {
     poison_messages: i64,
 }
 
+#[utoipa::path(
+    get,
+    path = "/stats",
+    operation_id = "get_stats",
+    summary = "The live operations numbers",
+    security(("bearer" = [])),
+    tag = "reads",
+    responses(
+        (status = 200, description = "Counts by status, riders, today's completions", body = Stats),
+        StatsProblems,
+    )
+)]
 pub(crate) async fn get(State(pool): State<PgPool>) -> Result<Json<Stats>, ApiError> {
     // One snapshot, so the numbers add up to one projector commit.
     let mut tx = pool.begin().await?;

@@ -2,7 +2,8 @@
 //!
 //! For any crate's tests: a Kafka-protocol broker process and a publisher to it ([`broker`]),
 //! a fresh migrated database on the local Postgres and a way to tamper with the event store
-//! ([`db`]), and polling with a deadline ([`wait`]). The command
+//! ([`db`]), polling with a deadline ([`wait`]), and a check of answers against an API's
+//! OpenAPI contract ([`contract`]). The command
 //! API, the projector and the query API take this crate as a dev-dependency (cargo allows that
 //! cycle for tests); event fixtures live beside the events, in `domain::fixtures`.
 //!
@@ -15,6 +16,7 @@
 pub mod broker;
 mod browser;
 mod client;
+pub mod contract;
 pub mod db;
 mod inspect;
 mod redact;
@@ -26,6 +28,7 @@ pub mod wait;
 pub use broker::{Broker, Publisher, free_port};
 pub use browser::Browser;
 pub use client::{CommandClient, Fate};
+pub use contract::Contract;
 pub use db::{FreshDatabase, admin_url, tamper};
 pub use redact::redact;
 pub use scrape::{Sample, Scrape};

@@ -5,10 +5,11 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use command_api::{AppState, Limits, Tokens, app_with_limits};
-use e2e::eventually;
+use e2e::{Contract, eventually};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use std::sync::LazyLock;
 use std::time::Duration;
 use tower::ServiceExt;
 
@@ -51,7 +52,7 @@ pub async fn send_method(
     body: Option<&Value>,
     headers: &[(&str, &str)],
 ) -> Reply {
-    let mut request = Request::builder().method(method).uri(path);
+    let mut request = Request::builder().method(method.clone()).uri(path);
     if let Some(token) = token {
         request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
@@ -75,14 +76,21 @@ pub async fn send_method(
             .map(str::to_owned)
     };
     let bytes = body.collect().await.expect("body reads").to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    CONTRACT.assert_documented(method.as_str(), path, parts.status.as_u16(), &body);
     Reply {
         status: parts.status,
         content_type: header(header::CONTENT_TYPE.as_str()).unwrap_or_default(),
         retry_after: header(header::RETRY_AFTER.as_str()),
         replayed: header("idempotency-replayed").is_some(),
-        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        body,
     }
 }
+
+/// The contract every answer of these tests must keep.
+static CONTRACT: LazyLock<Contract> = LazyLock::new(|| {
+    Contract::new(serde_json::to_value(command_api::openapi()).expect("the spec serializes"))
+});
 
 pub async fn send(
     app: &Router,

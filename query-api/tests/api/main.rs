@@ -4,6 +4,7 @@
 //! One test binary; its modules live beside this file, its snapshots in `snapshots/`.
 
 mod bounds;
+mod contract;
 mod dashboard;
 mod deliveries;
 mod errors;

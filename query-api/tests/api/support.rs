@@ -3,6 +3,7 @@
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use e2e::Contract;
 use http_body_util::BodyExt;
 use query_api::{AppState, FreshnessWatch, Tokens, app};
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -10,6 +11,7 @@ use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 use sqlx::PgPool;
 use std::fmt;
+use std::sync::LazyLock;
 use std::time::Duration;
 use tower::ServiceExt;
 
@@ -128,7 +130,7 @@ pub async fn send(app: &Router, method: Method, path: &str) -> Reply {
 }
 
 async fn request(app: &Router, method: Method, path: &str, authorization: Option<&str>) -> Reply {
-    let mut request = Request::builder().method(method).uri(path);
+    let mut request = Request::builder().method(method.clone()).uri(path);
     if let Some(value) = authorization {
         request = request.header(header::AUTHORIZATION, value);
     }
@@ -137,13 +139,20 @@ async fn request(app: &Router, method: Method, path: &str, authorization: Option
     let (parts, body) = response.into_parts();
     let bytes = body.collect().await.expect("body reads").to_bytes();
     let text = String::from_utf8_lossy(&bytes).into_owned();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    CONTRACT.assert_documented(method.as_str(), path, parts.status.as_u16(), &body);
     Reply {
         status: parts.status,
         headers: parts.headers,
-        body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        body,
         text,
     }
 }
+
+/// The contract every answer of these tests must keep.
+static CONTRACT: LazyLock<Contract> = LazyLock::new(|| {
+    Contract::new(serde_json::to_value(query_api::openapi()).expect("the spec serializes"))
+});
 
 /// JSON that keeps object fields in the order they were sent (`serde_json::Value` sorts them),
 /// so snapshots show the wire format clients see.
