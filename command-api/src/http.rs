@@ -84,8 +84,8 @@ fn routes(limits: &Limits) -> (Router<Shared>, utoipa::openapi::OpenApi) {
         ))
         // Outside the guard, so that shed and timed-out commands are counted too.
         .route_layer(middleware::from_fn(metrics::measure))
-        .routes(routes!(health))
-        .routes(routes!(scrape_metrics))
+        .routes(routes!(platform::openapi::health))
+        .routes(routes!(platform::openapi::metrics))
         .split_for_parts();
     platform::openapi::add_shared_components(&mut spec);
     openapi::link_commands(&mut spec);
@@ -301,30 +301,6 @@ async fn complete(
 ) -> Result<Outcome, ApiError> {
     let submission = Submission::new(delivery_in_path(&id)?, Command::Complete);
     service.handle(&context, submission).await
-}
-
-/// Whether the process is up; outside every bound and without a token.
-#[utoipa::path(
-    get,
-    path = "/health",
-    operation_id = "health",
-    tag = "operations",
-    responses((status = 200, description = "Up", body = String, content_type = "text/plain", example = "ok"))
-)]
-async fn health() -> &'static str {
-    "ok"
-}
-
-/// This process's Prometheus metrics; outside every bound and without a token.
-#[utoipa::path(
-    get,
-    path = "/metrics",
-    operation_id = "metrics",
-    tag = "operations",
-    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain"))
-)]
-async fn scrape_metrics() -> Response {
-    platform::service::metrics::scrape().await
 }
 
 /// A success carries the new version in its ETag, so a client can send it back as If-Match;

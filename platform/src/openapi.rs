@@ -190,6 +190,30 @@ pub fn add_shared_components(openapi: &mut OpenApi) {
     openapi.components = Some(components.build());
 }
 
+/// Whether the process is up; outside every bound and without a token.
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "health",
+    tag = "operations",
+    responses((status = 200, description = "Up", body = String, content_type = "text/plain", example = "ok"))
+)]
+pub async fn health() -> &'static str {
+    "ok"
+}
+
+/// This process's Prometheus metrics; outside every bound and without a token.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain"))
+)]
+pub async fn metrics() -> axum::response::Response {
+    crate::service::metrics::scrape().await
+}
+
 /// `GET /openapi.json` (the spec) and `GET /docs` (Swagger UI over it, every file served from
 /// the binary: the page works with no internet). Both public: a contract is no secret, and a
 /// client developer reads it before having a token.

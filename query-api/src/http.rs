@@ -88,36 +88,12 @@ fn routes(tokens: &Tokens, bounds: &HttpBounds) -> (Router<AppState>, utoipa::op
         .route_layer(middleware::from_fn(metrics::track_route));
     let (router, mut spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(reads)
-        .routes(routes!(health))
-        .routes(routes!(scrape_metrics))
+        .routes(routes!(platform::openapi::health))
+        .routes(routes!(platform::openapi::metrics))
         .split_for_parts();
     platform::openapi::add_shared_components(&mut spec);
     crate::openapi::link_reads(&mut spec);
     (router, spec)
-}
-
-/// Whether the process is up; outside every bound and without a token.
-#[utoipa::path(
-    get,
-    path = "/health",
-    operation_id = "health",
-    tag = "operations",
-    responses((status = 200, description = "Up", body = String, content_type = "text/plain", example = "ok"))
-)]
-async fn health() -> &'static str {
-    "ok"
-}
-
-/// This process's Prometheus metrics; outside every bound and without a token.
-#[utoipa::path(
-    get,
-    path = "/metrics",
-    operation_id = "metrics",
-    tag = "operations",
-    responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain"))
-)]
-async fn scrape_metrics() -> axum::response::Response {
-    platform::service::metrics::scrape().await
 }
 
 /// Query parameters whose every rejection is an `invalid-query` problem.
