@@ -29,17 +29,5 @@ target/release/bench commands --url http://127.0.0.1:18080 --clients "$clients" 
 kill $api; wait $api 2>/dev/null || true
 
 echo "== raw Postgres (pgbench: event insert + outbox insert per transaction)"
-script=$(mktemp)
-cat > "$script" <<'SQL'
-begin;
-insert into events (event_id, delivery_id, version, event_type, schema_version, payload, metadata, occurred_at)
-values (gen_random_uuid(), gen_random_uuid(), 1, 'delivery.created', 1,
-        '{"order_ref":"bench","customer_id":"c","pickup":{"line":"a","lat":1,"lon":2},"dropoff":{"line":"b","lat":1,"lon":2}}',
-        '{"actor":{"role":"dispatcher","id":"desk-1"},"correlation_id":"00000000-0000-0000-0000-000000000000","causation_id":"00000000-0000-0000-0000-000000000000"}',
-        now());
-insert into outbox (id, aggregatetype, aggregateid, type, payload, headers)
-values (gen_random_uuid(), 'delivery', 'bench', 'delivery.created', '{"version":1}', '{}');
-commit;
-SQL
-pgbench -n -M prepared -c "$clients" -j 2 -T "$seconds" -f "$script" "$url" | grep -E "tps|latency average"
-rm -f "$script"
+pgbench -n -M prepared -c "$clients" -j 2 -T "$seconds" -f bench/sql/event-outbox-insert.sql "$url" \
+    | grep -E "tps|latency average"

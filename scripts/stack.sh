@@ -43,6 +43,9 @@ export QUERY_API_TOKENS="${QUERY_API_TOKENS:-dev-reader-token}"
 export RUST_LOG="${RUST_LOG:-info}"
 nisshi_log="${NISSHI_LOG:-warn}"
 nisshi_database="${NISSHI_DATABASE:-nisshi}"
+# durable (the default, what users run) or memory: only for benchmarks that print the
+# in-memory figure beside the durable one (scripts/bench-all.sh).
+broker_storage="${STACK_BROKER_STORAGE:-durable}"
 partitions="${KAFKA_PARTITIONS:-6}"
 
 # The Postgres data directory's file system matters as much as ours (a full one crashes it);
@@ -103,12 +106,20 @@ bin="${CARGO_TARGET_DIR:-target}/release"
 
 broker="${KAFKA_BROKERS%%,*}"
 if ! (exec 3<>"/dev/tcp/${broker%:*}/${broker#*:}") 2>/dev/null; then
-    psql -qAt "$POSTGRES_URL/postgres" -c "select 1 from pg_database where datname = '$nisshi_database'" \
-        | grep -q 1 || psql -q "$POSTGRES_URL/postgres" -c "create database $nisshi_database"
-    say "starting nisshi on $broker (durable: database $nisshi_database, log level $nisshi_log)"
+    case "$broker_storage" in
+        durable)
+            psql -qAt "$POSTGRES_URL/postgres" -c "select 1 from pg_database where datname = '$nisshi_database'" \
+                | grep -q 1 || psql -q "$POSTGRES_URL/postgres" -c "create database $nisshi_database"
+            storage="$POSTGRES_URL/$nisshi_database?sslmode=disable"
+            say "starting nisshi on $broker (durable: database $nisshi_database, log level $nisshi_log)" ;;
+        memory)
+            storage=memory://nisshi/
+            say "starting nisshi on $broker (IN MEMORY: nothing survives it; log level $nisshi_log)" ;;
+        *) echo "STACK_BROKER_STORAGE must be durable or memory, not $broker_storage" >&2; exit 2 ;;
+    esac
     supervise nisshi env RUST_LOG="$nisshi_log" "$NISSHI_BIN" broker \
         --listener-url "tcp://$broker" --advertised-listener-url "tcp://$broker" \
-        --storage-engine "$POSTGRES_URL/$nisshi_database?sslmode=disable" --cluster-id dev
+        --storage-engine "$storage" --cluster-id dev
     wait_for_port "$broker" 30
 fi
 if "$NISSHI_BIN" topic create "$KAFKA_TOPIC" --partitions "$partitions" --broker "tcp://$broker" \

@@ -7,7 +7,7 @@ use chrono::Utc;
 use domain::fixtures::{assigned, completed, details, envelope_of, id, picked_up};
 use domain::{Actor, Created, DeliveryEvent, Event, EventEnvelope, OrderRef, Role};
 use futures::StreamExt;
-use projector::{Progress, ProjectorConfig};
+use projector::{ConsumerSettings, Progress, ProjectorConfig};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -39,6 +39,10 @@ pub struct Config {
     /// Messages applied per read-database transaction.
     #[arg(long, default_value_t = 2000)]
     pub(crate) batch_size: usize,
+    /// A librdkafka setting over the projector's own, KEY=VALUE (repeatable), as
+    /// `projector run --consumer-setting` takes it.
+    #[arg(long = "consumer-setting", value_parser = ConsumerSettings::parse_one)]
+    pub(crate) consumer_settings: Vec<(String, String)>,
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -87,6 +91,7 @@ pub(crate) async fn project(
     let shutdown = CancellationToken::new();
     let projector_config = ProjectorConfig {
         brokers: config.brokers.clone(),
+        consumer_settings: ConsumerSettings::new(config.consumer_settings.iter().cloned()),
         topic: config.topic.clone(),
         group: group.to_owned(),
         batch_size: config.batch_size,

@@ -16,6 +16,7 @@ pub mod relay;
 pub mod serve;
 pub mod service;
 pub mod store;
+pub mod wake;
 
 pub use auth::Tokens;
 pub use http::{AppState, app, app_with_limits, openapi};

@@ -246,7 +246,7 @@ async fn lead(
     tracing::info!(topic = %config.topic, "relay is the active publisher");
     let _leading = monitor::Leading::start();
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen("outbox").await?;
+    listener.listen(crate::wake::CHANNEL).await?;
     let mut retry = Pause::new(Duration::from_millis(100));
     while !shutdown.is_cancelled() {
         // Losing the lock connection means another relay may take over: stop publishing.

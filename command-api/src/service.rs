@@ -8,6 +8,7 @@ use crate::context::CommandContext;
 use crate::error::ApiError;
 use crate::idempotency::{Claim, Fingerprint, IdempotentRequest, StoredResponse};
 use crate::store::{self, Appended, Causation, StoreError};
+use crate::wake::OutboxWake;
 use axum::http::StatusCode;
 use chrono::Utc;
 use domain::{Actor, Command, Delivery, DeliveryId};
@@ -22,6 +23,8 @@ pub struct CommandService {
     pool: PgPool,
     /// How long an `Idempotency-Key` is remembered.
     idempotency_ttl: Duration,
+    /// Told after each commit that appended events, so the relay publishes them now.
+    wake: OutboxWake,
 }
 
 /// A command, and what the request's body says besides it.
@@ -115,6 +118,7 @@ enum Verdict {
 impl CommandService {
     pub fn new(pool: PgPool, idempotency_ttl: Duration) -> Self {
         Self {
+            wake: OutboxWake::new(pool.clone()),
             pool,
             idempotency_ttl,
         }
@@ -179,7 +183,10 @@ impl CommandService {
             (None, Verdict::Refused(_)) => end(tx).await,
         }
         match verdict {
-            Verdict::Done(accepted) => Ok(Outcome::Accepted(accepted)),
+            Verdict::Done(accepted) => {
+                self.wake.committed();
+                Ok(Outcome::Accepted(accepted))
+            }
             Verdict::Refused(refusal) => Err(refusal),
         }
     }

@@ -26,6 +26,7 @@ pub use compare::{Copies, check};
 pub use database::verify_against;
 pub use topic::{TopicCopy, TopicIndex, read_topic};
 
+use crate::kafka::ConsumerSettings;
 use domain::DeliveryId;
 use rdkafka::error::KafkaError;
 use sqlx::PgPool;
@@ -36,6 +37,8 @@ use std::time::Duration;
 pub struct AuditConfig {
     /// Kafka bootstrap servers.
     pub brokers: String,
+    /// librdkafka settings over ours (TLS, SASL, tuning).
+    pub consumer_settings: ConsumerSettings,
     pub topic: String,
     /// Audit this delivery only (the topic is still read whole).
     pub delivery: Option<DeliveryId>,

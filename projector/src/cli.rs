@@ -4,7 +4,7 @@
 use crate::audit::AuditConfig;
 use crate::catalog;
 use crate::rebuild::RebuildConfig;
-use crate::{Progress, ProjectorConfig, Subscription, monitor};
+use crate::{ConsumerSettings, Progress, ProjectorConfig, Subscription, monitor};
 mod dlq;
 
 use anyhow::Context;
@@ -98,6 +98,18 @@ pub struct TopicArgs {
     /// The event topic.
     #[arg(long, env = "KAFKA_TOPIC", default_value = "delivery.events")]
     topic: String,
+    /// A librdkafka consumer property, KEY=VALUE, set over the projector's own on every
+    /// consumer it makes (repeat it, or give several comma separated in the variable): TLS
+    /// and SASL for a real cluster (security.protocol, sasl.mechanism, ...), or fetch tuning.
+    #[arg(long = "consumer-setting", env = "KAFKA_CONSUMER_SETTINGS", value_delimiter = ',',
+          value_parser = ConsumerSettings::parse_one, hide_env_values = true)]
+    consumer_settings: Vec<(String, String)>,
+}
+
+impl TopicArgs {
+    fn consumer_settings(&self) -> ConsumerSettings {
+        ConsumerSettings::new(self.consumer_settings.iter().cloned())
+    }
 }
 
 #[derive(Args)]
@@ -172,6 +184,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // On Ctrl-C or SIGTERM the batch being written still commits; only reading stops.
             let shutdown = platform::service::cancel_on_shutdown();
             let config = ProjectorConfig {
+                consumer_settings: args.kafka.consumer_settings(),
                 brokers: args.kafka.brokers,
                 topic: args.kafka.topic,
                 group: args.group,
@@ -187,9 +200,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 group: config.group.clone(),
                 topic: config.topic.clone(),
             };
-            let watcher =
-                monitor::Watcher::new(pool.clone(), &config.brokers, subscription, MONITOR_EVERY)
-                    .context("creating the metrics' Kafka client")?;
+            let watcher = monitor::Watcher::new(
+                pool.clone(),
+                &config.brokers,
+                &config.consumer_settings,
+                subscription,
+                MONITOR_EVERY,
+            )
+            .context("creating the metrics' Kafka client")?;
             tokio::spawn(watcher.run(shutdown.clone()));
             crate::run(pool, config, Arc::new(Progress::default()), shutdown)
                 .await
@@ -210,6 +228,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 args.projections
             };
             let config = RebuildConfig {
+                consumer_settings: args.kafka.consumer_settings(),
                 brokers: args.kafka.brokers,
                 topic: args.kafka.topic,
                 live_group: args.group,
@@ -244,6 +263,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
                 .context("connecting to the write database (WRITE_DATABASE_URL)")?;
             let config = AuditConfig {
+                consumer_settings: args.kafka.consumer_settings(),
                 brokers: args.kafka.brokers,
                 topic: args.kafka.topic,
                 delivery: args.delivery,

@@ -4,7 +4,7 @@
 use crate::batch::{self, Applied, Destination, Subscription};
 use crate::catalog::Catalog;
 use crate::failure::apply_with_retry;
-use crate::kafka::{self, Purpose};
+use crate::kafka::{self, ConsumerSettings, Purpose};
 use crate::monitor;
 use crate::offsets::{self, OffsetsAhead};
 use crate::plan::Incoming;
@@ -26,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone)]
 pub struct ProjectorConfig {
     pub brokers: String,
+    /// librdkafka settings over ours (TLS, SASL, tuning).
+    pub consumer_settings: ConsumerSettings,
     pub topic: String,
     pub group: String,
     /// Most messages applied in one transaction.
@@ -210,6 +212,7 @@ pub async fn run_with(
         Purpose::Live {
             group: &config.group,
         },
+        &config.consumer_settings,
     )
     .create_with_context(context)?;
     offsets::check_at_start(&consumer, &pool, &subscription, &shutdown).await?;

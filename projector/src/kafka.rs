@@ -6,7 +6,45 @@
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
+use std::fmt;
 use std::time::Duration;
+
+/// librdkafka properties an operator sets (`--consumer-setting KEY=VALUE`), applied over the
+/// projector's own to every consumer it makes: TLS and SASL for a real cluster, or fetch
+/// tuning for a broker that differs from the defaults' assumptions. Their values may be
+/// secrets (`sasl.password`): `Debug` shows only the keys.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ConsumerSettings(Vec<(String, String)>);
+
+impl ConsumerSettings {
+    pub fn new(settings: impl IntoIterator<Item = (String, String)>) -> Self {
+        Self(settings.into_iter().collect())
+    }
+
+    /// One `KEY=VALUE` (the value may contain `=`), as the command line gives it.
+    pub fn parse_one(setting: &str) -> Result<(String, String), String> {
+        match setting.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                Ok((key.trim().to_owned(), value.to_owned()))
+            }
+            _ => Err(format!("expected KEY=VALUE, got {setting:?}")),
+        }
+    }
+
+    fn apply(&self, config: &mut ClientConfig) {
+        for (key, value) in &self.0 {
+            config.set(key, value);
+        }
+    }
+}
+
+impl fmt::Debug for ConsumerSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(key, _)| format!("{key}=…")))
+            .finish()
+    }
+}
 
 /// Which consumer, and so how it reads.
 #[derive(Debug, Clone, Copy)]
@@ -21,8 +59,13 @@ pub(crate) enum Purpose<'a> {
     Monitor,
 }
 
-/// The consumer configuration for `purpose`, on `brokers`.
-pub(crate) fn consumer_config(brokers: &str, purpose: Purpose<'_>) -> ClientConfig {
+/// The consumer configuration for `purpose`, on `brokers`, with the operator's `settings`
+/// over ours.
+pub(crate) fn consumer_config(
+    brokers: &str,
+    purpose: Purpose<'_>,
+    settings: &ConsumerSettings,
+) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", brokers);
     match purpose {
@@ -64,6 +107,7 @@ pub(crate) fn consumer_config(brokers: &str, purpose: Purpose<'_>) -> ClientConf
         }
         Purpose::Audit | Purpose::Monitor => {}
     }
+    settings.apply(&mut config);
     config
 }
 
@@ -114,12 +158,13 @@ mod tests {
 
     #[test]
     fn each_purpose_gets_exactly_its_settings() {
+        let none = ConsumerSettings::default();
         let common = [
             ("bootstrap.servers", "b:9092"),
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
         ];
-        let live = consumer_config("b:9092", Purpose::Live { group: "g" });
+        let live = consumer_config("b:9092", Purpose::Live { group: "g" }, &none);
         let mut expected = common.to_vec();
         expected.extend([
             ("group.id", "g"),
@@ -129,7 +174,7 @@ mod tests {
         ]);
         assert_eq!(settings(&live), pairs(&expected));
 
-        let replay = consumer_config("b:9092", Purpose::Replay);
+        let replay = consumer_config("b:9092", Purpose::Replay, &none);
         let mut expected = common.to_vec();
         expected.extend([
             ("group.id", "projector-rebuild"),
@@ -141,14 +186,58 @@ mod tests {
         ]);
         assert_eq!(settings(&replay), pairs(&expected));
 
-        let audit = consumer_config("b:9092", Purpose::Audit);
+        let audit = consumer_config("b:9092", Purpose::Audit, &none);
         let mut expected = common.to_vec();
         expected.push(("group.id", "delivery-audit"));
         assert_eq!(settings(&audit), pairs(&expected));
 
-        let monitor = consumer_config("b:9092", Purpose::Monitor);
+        let monitor = consumer_config("b:9092", Purpose::Monitor, &none);
         let mut expected = common.to_vec();
         expected.push(("group.id", "projector-monitor"));
         assert_eq!(settings(&monitor), pairs(&expected));
+    }
+
+    #[test]
+    fn the_operators_settings_go_over_ours_on_every_consumer() {
+        let settings = ConsumerSettings::new([
+            ("fetch.wait.max.ms".to_owned(), "250".to_owned()),
+            ("security.protocol".to_owned(), "SASL_SSL".to_owned()),
+        ]);
+        for purpose in [
+            Purpose::Live { group: "g" },
+            Purpose::Replay,
+            Purpose::Audit,
+            Purpose::Monitor,
+        ] {
+            let config = consumer_config("b:9092", purpose, &settings);
+            assert_eq!(config.get("fetch.wait.max.ms"), Some("250"), "{purpose:?}");
+            assert_eq!(
+                config.get("security.protocol"),
+                Some("SASL_SSL"),
+                "{purpose:?}"
+            );
+            // Ours that the operator did not name stay.
+            assert_eq!(
+                config.get("enable.auto.commit"),
+                Some("false"),
+                "{purpose:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_setting_is_key_equals_value_and_its_value_stays_secret_in_debug() {
+        assert_eq!(
+            ConsumerSettings::parse_one("sasl.password=a=b"),
+            Ok(("sasl.password".to_owned(), "a=b".to_owned()))
+        );
+        assert!(ConsumerSettings::parse_one("no-value").is_err());
+        assert!(ConsumerSettings::parse_one("=value").is_err());
+        let settings = ConsumerSettings::new([("sasl.password".to_owned(), "hunter2".to_owned())]);
+        let shown = format!("{settings:?}");
+        assert!(
+            shown.contains("sasl.password") && !shown.contains("hunter2"),
+            "{shown}"
+        );
     }
 }

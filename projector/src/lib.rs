@@ -32,3 +32,4 @@ pub mod rebuild;
 
 pub use batch::{Destination, Subscription, apply_batch, apply_batch_to};
 pub use consumer::{Progress, ProjectorConfig, ProjectorError, run, run_with};
+pub use kafka::ConsumerSettings;

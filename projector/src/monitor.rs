@@ -12,7 +12,7 @@
 //! Labels are bounded: `partition` and `outcome`, never a delivery id.
 
 use crate::batch::{self, Applied, Subscription};
-use crate::kafka::{self, Purpose, topic_partitions};
+use crate::kafka::{self, ConsumerSettings, Purpose, topic_partitions};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use sqlx::PgPool;
@@ -119,11 +119,12 @@ impl Watcher {
     pub fn new(
         pool: PgPool,
         brokers: &str,
+        settings: &ConsumerSettings,
         subscription: Subscription,
         every: Duration,
     ) -> Result<Self, KafkaError> {
         register();
-        let consumer = kafka::consumer_config(brokers, Purpose::Monitor).create()?;
+        let consumer = kafka::consumer_config(brokers, Purpose::Monitor, settings).create()?;
         Ok(Self {
             pool,
             consumer: Arc::new(consumer),

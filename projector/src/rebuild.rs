@@ -22,7 +22,7 @@ pub use replay::{Truncated, truncated};
 
 use crate::batch::{Destination, Subscription};
 use crate::catalog::{Catalog, Projection};
-use crate::kafka::{self, Purpose};
+use crate::kafka::{self, ConsumerSettings, Purpose};
 use futures::StreamExt;
 use meter::Meter;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
@@ -44,6 +44,8 @@ use tokio_util::task::AbortOnDropHandle;
 #[derive(Debug, Clone)]
 pub struct RebuildConfig {
     pub brokers: String,
+    /// librdkafka settings over ours (TLS, SASL, tuning).
+    pub consumer_settings: ConsumerSettings,
     pub topic: String,
     /// The live projector's consumer group: its stored offsets are the position to reach.
     pub live_group: String,
@@ -368,7 +370,7 @@ const LIVE_REFRESH: Duration = Duration::from_millis(100);
 /// A consumer of assigned partitions: it joins no group and commits nothing; its position
 /// lives in the staging schema.
 fn replay_consumer(config: &RebuildConfig) -> Result<StreamConsumer, KafkaError> {
-    kafka::consumer_config(&config.brokers, Purpose::Replay).create()
+    kafka::consumer_config(&config.brokers, Purpose::Replay, &config.consumer_settings).create()
 }
 
 /// The topic's partitions; none is an error (the topic does not exist).

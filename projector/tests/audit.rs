@@ -421,6 +421,7 @@ impl AuditBroker for Broker {
     fn audit_config(&self) -> AuditConfig {
         AuditConfig {
             brokers: self.address.clone(),
+            consumer_settings: Default::default(),
             topic: TOPIC.into(),
             delivery: None,
             stall_timeout: Duration::from_secs(20),

@@ -186,6 +186,7 @@ async fn a_projection_defined_outside_the_crate_is_rebuilt_and_then_kept_live(po
         setup.pool.clone(),
         ProjectorConfig {
             brokers: setup.broker.address.clone(),
+            consumer_settings: Default::default(),
             topic: TOPIC.into(),
             group: LIVE_GROUP.into(),
             batch_size: 50,
@@ -198,6 +199,7 @@ async fn a_projection_defined_outside_the_crate_is_rebuilt_and_then_kept_live(po
 
     let config = RebuildConfig {
         brokers: setup.broker.address.clone(),
+        consumer_settings: Default::default(),
         topic: TOPIC.into(),
         live_group: LIVE_GROUP.into(),
         projections: vec![&CustomerCompletions],

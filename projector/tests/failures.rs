@@ -53,6 +53,7 @@ impl Setup {
         let progress = Arc::new(Progress::default());
         let config = ProjectorConfig {
             brokers: self.broker.address.clone(),
+            consumer_settings: Default::default(),
             topic: TOPIC.into(),
             group: GROUP.into(),
             batch_size: 50,

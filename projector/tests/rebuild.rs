@@ -98,6 +98,7 @@ impl Setup {
         let shutdown = CancellationToken::new();
         let config = ProjectorConfig {
             brokers: self.broker.address.clone(),
+            consumer_settings: Default::default(),
             topic: TOPIC.into(),
             group: LIVE_GROUP.into(),
             batch_size: 50,
@@ -114,6 +115,7 @@ impl Setup {
     fn config(&self, projections: &[&'static dyn Projection]) -> RebuildConfig {
         RebuildConfig {
             brokers: self.broker.address.clone(),
+            consumer_settings: Default::default(),
             topic: TOPIC.into(),
             live_group: LIVE_GROUP.into(),
             projections: projections.to_vec(),

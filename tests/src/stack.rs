@@ -159,6 +159,7 @@ impl TestStack {
         let pool = self.read.clone();
         let config = ProjectorConfig {
             brokers: self.broker.address.clone(),
+            consumer_settings: Default::default(),
             topic: TOPIC.into(),
             group: crate::PROJECTOR_GROUP.into(),
             batch_size: 50,
@@ -212,6 +213,7 @@ impl TestStack {
         let watcher = projector::monitor::Watcher::new(
             self.read.clone(),
             &self.broker.address,
+            &Default::default(),
             subscription,
             every,
         )

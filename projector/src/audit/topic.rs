@@ -120,7 +120,8 @@ pub async fn read_topic(config: &AuditConfig) -> Result<TopicIndex, AuditError> 
 fn read_topic_blocking(config: &AuditConfig) -> Result<TopicIndex, AuditError> {
     let timeout = config.stall_timeout;
     let consumer: BaseConsumer =
-        kafka::consumer_config(&config.brokers, Purpose::Audit).create()?;
+        kafka::consumer_config(&config.brokers, Purpose::Audit, &config.consumer_settings)
+            .create()?;
     let partitions = kafka::topic_partitions(&consumer, &config.topic, timeout)?;
     if partitions.is_empty() {
         return Err(AuditError::NoTopic(config.topic.clone()));

@@ -51,6 +51,7 @@ async fn queries_keep_answering_while_a_damaged_read_model_is_rebuilt_under_traf
     };
     let config = RebuildConfig {
         brokers: stack.broker.address.clone(),
+        consumer_settings: Default::default(),
         topic: TOPIC.into(),
         live_group: e2e::PROJECTOR_GROUP.into(),
         projections: catalog::ALL.to_vec(),

@@ -141,6 +141,7 @@ async fn the_dashboard_and_the_alert_rules_use_only_metrics_a_real_scrape_has() 
     stack.wait_for_projection(crate::PATIENCE).await;
     let config = RebuildConfig {
         brokers: stack.broker.address.clone(),
+        consumer_settings: Default::default(),
         topic: TOPIC.into(),
         live_group: e2e::PROJECTOR_GROUP.into(),
         projections: catalog::ALL.to_vec(),
