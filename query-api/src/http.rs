@@ -4,7 +4,7 @@ use crate::auth::{Tokens, require_token};
 use crate::bounds::{Gate, HttpBounds, bound};
 use crate::error::ApiError;
 use crate::freshness::{FreshnessWatch, Waited};
-use crate::live::Live;
+use crate::live::{Live, StreamAccess, require_token_or_session};
 use crate::metrics::{self, Freshness};
 use crate::openapi::ApiDoc;
 use crate::{dashboard, deliveries, history, live, riders, stats};
@@ -45,11 +45,8 @@ pub fn app(state: AppState) -> Router {
 /// The query API as a router with the given bounds.
 pub fn app_with_bounds(state: AppState, bounds: HttpBounds) -> Router {
     metrics::register();
-    let (routes, spec) = routes(&state.tokens, &bounds);
+    let (routes, spec) = routes(&state.tokens, &state.live, &bounds);
     routes
-        // Not in the OpenAPI spec yet: the live streams, the dashboard's sessions and page
-        // (the contract tests list them as known exceptions).
-        .merge(live::routes(&state).merge(dashboard::routes()))
         .merge(platform::openapi::docs_router(spec))
         .fallback(|| async { ApiError::RouteNotFound })
         // After every route: it applies to the routes registered so far. axum still adds the
@@ -64,12 +61,16 @@ pub fn app_with_bounds(state: AppState, bounds: HttpBounds) -> Router {
 
 /// The OpenAPI contract of the query API, exactly as `GET /openapi.json` serves it.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes(&Tokens::none(), &HttpBounds::default()).1
+    routes(&Tokens::none(), &Live::default(), &HttpBounds::default()).1
 }
 
 /// Every route the API serves, each with its spec entry: a handler joins the router only
 /// through `routes!`, which needs its `#[utoipa::path]`, so none can be served undocumented.
-fn routes(tokens: &Tokens, bounds: &HttpBounds) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+fn routes(
+    tokens: &Tokens,
+    live: &Live,
+    bounds: &HttpBounds,
+) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let reads = OpenApiRouter::new()
         .routes(routes!(deliveries::list))
         .routes(routes!(deliveries::get))
@@ -86,12 +87,34 @@ fn routes(tokens: &Tokens, bounds: &HttpBounds) -> (Router<AppState>, utoipa::op
         .route_layer(middleware::from_fn_with_state(Gate::new(bounds), bound))
         // Around even that, so shed requests are timed too.
         .route_layer(middleware::from_fn(metrics::track_route));
+    // Neither bounded nor timed like the reads: a stream lasts, and counts against its own
+    // bound (`Live`). Taken with a token or a dashboard session.
+    let streams = OpenApiRouter::new()
+        .routes(routes!(live::delivery::stream))
+        .routes(routes!(live::stats_stream))
+        .routes(routes!(live::feed_stream))
+        .routes(routes!(live::session::check))
+        .route_layer(middleware::from_fn_with_state(
+            StreamAccess::new(tokens.clone(), live.clone()),
+            require_token_or_session,
+        ));
+    // Opening a session needs the bearer token itself (checked by the handler), ending one
+    // only the cookie; the page needs nothing.
+    let dashboard = OpenApiRouter::new()
+        .routes(routes!(live::session::create, live::session::end))
+        .routes(routes!(dashboard::root))
+        .routes(routes!(dashboard::page))
+        .routes(routes!(dashboard::script))
+        .routes(routes!(dashboard::style));
     let (router, mut spec) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(reads)
+        .merge(streams)
+        .merge(dashboard)
         .routes(routes!(platform::openapi::health))
         .routes(routes!(platform::openapi::metrics))
         .split_for_parts();
     platform::openapi::add_shared_components(&mut spec);
+    crate::openapi::add_session_scheme(&mut spec);
     crate::openapi::link_reads(&mut spec);
     (router, spec)
 }

@@ -3,7 +3,7 @@
 //!
 //! - `GET /deliveries/{id}/stream`: the delivery's state each time it changes, its version as
 //!   the SSE `id`. A client that reconnects with `Last-Event-ID: N` gets the current state as
-//!   soon as it is newer than N, and nothing it already has.
+//!   soon as it is newer than N, and nothing it already has (`delivery`).
 //! - `GET /stats/stream`: counts by status and active riders, each time they change, at most
 //!   a few times a second (`hub`).
 //! - `GET /events/stream`: the events the projector applies, as they are applied, after a
@@ -14,20 +14,21 @@
 //! graceful shutdown never waits on a stream. API clients authenticate with their bearer
 //! token; the dashboard with its session cookie (`session`, ADR 0012).
 
+pub(crate) mod delivery;
 mod hub;
 pub(crate) mod session;
 
-use crate::deliveries::{DeliveryView, fetch};
+pub(crate) use hub::{FeedEvent, LiveStats};
+
+use crate::auth::Tokens;
 use crate::error::ApiError;
 use crate::freshness::FreshnessWatch;
-use crate::http::{AppState, DeliveryPath};
+use crate::http::AppState;
+use crate::openapi::StreamProblems;
 use axum::extract::{Request, State};
-use axum::http::HeaderMap;
-use axum::middleware::{self, Next};
+use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Router, routing::post};
 use futures::{Stream, StreamExt};
 use hub::Hub;
 use serde::Serialize;
@@ -36,13 +37,8 @@ use sqlx::PgPool;
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
-
-/// A stream whose delivery was not announced re-reads it this often anyway: it covers a
-/// listener that is reconnecting (notifications sent meanwhile are lost).
-const RECHECK: Duration = Duration::from_secs(5);
 
 /// The live views' bounds and timings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,55 +159,32 @@ impl Live {
     }
 }
 
-/// The stream routes and the dashboard's session route; the caller adds the state.
-pub fn routes(state: &AppState) -> Router<AppState> {
-    let streams = Router::new()
-        .route("/deliveries/{id}/stream", get(delivery_stream))
-        .route("/stats/stream", get(stats_stream))
-        .route("/events/stream", get(feed_stream))
-        .route("/dashboard/session", get(session::check))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_token_or_session,
-        ));
-    // Creating a session needs the bearer token itself; ending one only the cookie.
-    let sessions = Router::new().route(
-        "/dashboard/session",
-        post(session::create).delete(session::end),
-    );
-    streams.merge(sessions)
+/// Who may open a stream: a holder of a bearer token, or a dashboard session.
+#[derive(Clone)]
+pub(crate) struct StreamAccess {
+    tokens: Tokens,
+    live: Live,
+}
+
+impl StreamAccess {
+    pub(crate) fn new(tokens: Tokens, live: Live) -> Self {
+        Self { tokens, live }
+    }
 }
 
 /// API clients send their bearer token; the dashboard its session cookie (a browser cannot
 /// set `Authorization` on an `EventSource`).
-async fn require_token_or_session(
-    State(state): State<AppState>,
+pub(crate) async fn require_token_or_session(
+    State(access): State<StreamAccess>,
     request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let headers = request.headers();
-    if state.tokens.admits(headers) || state.live.sessions().admits(headers) {
+    if access.tokens.admits(headers) || access.live.sessions().admits(headers) {
         Ok(next.run(request).await)
     } else {
         Err(ApiError::Unauthorized)
     }
-}
-
-/// `Last-Event-ID`: the last version the client has, if it says.
-fn last_event_id(headers: &HeaderMap) -> Result<i64, ApiError> {
-    let Some(value) = headers.get("last-event-id") else {
-        return Ok(0);
-    };
-    value
-        .to_str()
-        .ok()
-        .and_then(|raw| raw.trim().parse::<i64>().ok())
-        .filter(|version| *version >= 0)
-        .ok_or_else(|| {
-            ApiError::InvalidHeader(
-                "Last-Event-ID must be a version this stream sent (a number, 0 or more)".into(),
-            )
-        })
 }
 
 fn json_event(kind: &'static str, data: &impl Serialize) -> Event {
@@ -225,92 +198,33 @@ fn json_event(kind: &'static str, data: &impl Serialize) -> Event {
         })
 }
 
-/// One delivery followed: what it last sent, and how to learn that something newer exists.
-struct Following {
-    pool: PgPool,
-    freshness: FreshnessWatch,
-    commits: watch::Receiver<u64>,
-    /// What the listener had heard of unannounced moves before the last read.
-    anything_before: u64,
-    id: Uuid,
-    sent: i64,
-    /// A read not sent yet (the first one, or one that found a newer version).
-    pending: Option<DeliveryView>,
-}
-
-impl Following {
-    /// Marks every commit so far as seen, then reads: a commit after the mark wakes the next
-    /// wait, and one before it is visible to the read (as in `FreshnessWatch::read_until`).
-    async fn read(&mut self) -> Result<(), ApiError> {
-        self.commits.borrow_and_update();
-        self.anything_before = self.freshness.anything_heard();
-        self.pending = fetch(&self.pool, self.id).await?;
-        Ok(())
-    }
-
-    /// The next state newer than what was sent. Versions may jump: when several events of
-    /// the delivery land in one projector batch, only the last state is ever in the table.
-    async fn next(&mut self) -> DeliveryView {
-        loop {
-            if let Some(view) = self.pending.take()
-                && view.version > self.sent
-            {
-                self.sent = view.version;
-                return view;
-            }
-            // Wait for an announcement of a newer version (or of anything unannounced).
-            let recheck = tokio::time::Instant::now() + RECHECK;
-            loop {
-                let awaited = Some((self.id, self.sent + 1));
-                match tokio::time::timeout_at(recheck, self.commits.changed()).await {
-                    Ok(Ok(())) if !self.freshness.worth_reading(awaited, self.anything_before) => {
-                        continue;
-                    }
-                    Ok(Ok(())) | Err(_) => break,
-                    // The listener is gone for good: poll.
-                    Ok(Err(_)) => {
-                        tokio::time::sleep_until(recheck).await;
-                        break;
-                    }
-                }
-            }
-            if let Err(error) = self.read().await {
-                // The next announcement or recheck tries again.
-                tracing::debug!(%error, delivery_id = %self.id, "stream read failed");
-            }
-        }
-    }
-}
-
-async fn delivery_stream(
-    State(state): State<AppState>,
-    DeliveryPath(id): DeliveryPath,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let sent = last_event_id(&headers)?;
-    let permit = state.live.admit()?;
-    let mut following = Following {
-        pool: state.pool.clone(),
-        commits: state.freshness.subscribe(),
-        freshness: state.freshness.clone(),
-        anything_before: 0,
-        id,
-        sent,
-        pending: None,
-    };
-    following.read().await?;
-    if following.pending.is_none() {
-        return Err(ApiError::DeliveryNotFound);
-    }
-    let events = futures::stream::unfold(following, |mut following| async move {
-        let view = following.next().await;
-        let event = json_event("delivery", &view).id(view.version.to_string());
-        Some((event, following))
-    });
-    Ok(state.live.respond(events, permit))
-}
-
-async fn stats_stream(State(state): State<AppState>) -> Result<Response, ApiError> {
+/// The live numbers, pushed as server-sent events
+///
+/// Each message is `event: stats` with `data:` a `LiveStats` (the counts by status and the
+/// active riders): the current numbers first, then each change, at most every 250 ms
+/// (commits in between are coalesced, unchanged numbers are not sent again). An idle stream
+/// sends a comment line (`:`) every keep-alive interval (`--stream-keep-alive-secs`, 15 s).
+/// The stream does not end by itself: the service ends it when it shuts down.
+#[utoipa::path(
+    get,
+    path = "/stats/stream",
+    operation_id = "stream_stats",
+    security(("bearer" = []), ("dashboard_session" = [])),
+    tag = "live",
+    responses(
+        (
+            status = 200,
+            description = "An endless stream of `stats` events; `data:` is a `LiveStats`",
+            content_type = "text/event-stream",
+            body = String,
+            example = "event: stats\ndata: {\"deliveries_by_status\":{\"created\":1,\
+                \"rider_assigned\":1,\"picked_up\":2,\"completed\":2,\"cancelled\":1},\
+                \"active_riders\":2}\n\n",
+        ),
+        StreamProblems,
+    )
+)]
+pub(crate) async fn stats_stream(State(state): State<AppState>) -> Result<Response, ApiError> {
     let permit = state.live.admit()?;
     let mut stats = state.live.hub(&state.pool, &state.freshness).stats();
     // The current numbers first (once the hub has read them), then every change.
@@ -327,7 +241,39 @@ async fn stats_stream(State(state): State<AppState>) -> Result<Response, ApiErro
     Ok(state.live.respond(events, permit))
 }
 
-async fn feed_stream(State(state): State<AppState>) -> Result<Response, ApiError> {
+/// The events the projector applies, pushed as server-sent events: the dashboard's feed
+///
+/// Each message is `event: event`, `id:` the event's id and `data:` a `FeedEvent`: the latest
+/// 50 events first (oldest first; none recorded more than a minute before the service's
+/// first stats or feed stream started), then each event as the projector applies it. A
+/// client too slow to take 1,024 queued events misses some: it is a live view, not a log
+/// (`GET /deliveries/{id}/history` is). An idle stream sends a comment line (`:`) every
+/// keep-alive interval (`--stream-keep-alive-secs`, 15 s). The stream does not end by
+/// itself: the service ends it when it shuts down.
+#[utoipa::path(
+    get,
+    path = "/events/stream",
+    operation_id = "stream_events",
+    security(("bearer" = []), ("dashboard_session" = [])),
+    tag = "live",
+    responses(
+        (
+            status = 200,
+            description = "An endless stream of `event` events; `id:` is the event id, \
+                           `data:` a `FeedEvent`",
+            content_type = "text/event-stream",
+            body = String,
+            example = "event: event\nid: 0190f4c2-0000-7000-9000-000000000023\n\
+                data: {\"event_id\":\"0190f4c2-0000-7000-9000-000000000023\",\
+                \"delivery_id\":\"0190f4c2-0000-7000-8000-000000000002\",\"version\":3,\
+                \"type\":\"delivery.picked_up\",\"actor_role\":\"rider\",\
+                \"actor_id\":\"rider-1\",\"occurred_at\":\"2026-03-02T09:30:00Z\",\
+                \"recorded_at\":\"2026-03-02T09:30:00.012Z\"}\n\n",
+        ),
+        StreamProblems,
+    )
+)]
+pub(crate) async fn feed_stream(State(state): State<AppState>) -> Result<Response, ApiError> {
     let permit = state.live.admit()?;
     let (backlog, live) = state.live.hub(&state.pool, &state.freshness).feed();
     let backlog = futures::stream::iter(backlog);

@@ -226,9 +226,16 @@ pub fn hand_routed_paths(src: &Path) -> Vec<String> {
 }
 
 /// Validates `spec` against the OpenAPI 3.1 schema with openapi-spec-validator, which
-/// `scripts/test.sh` installs (`ensure_api_tools` in `scripts/lib.sh`).
+/// `scripts/test.sh` installs (`ensure_api_tools` in `scripts/lib.sh`), and checks that every
+/// security scheme an operation names is defined, which OpenAPI requires and the validator
+/// does not check (the operations spell scheme names out as strings).
 pub fn assert_valid_openapi_3_1(name: &str, spec: &Value) {
     assert_eq!(spec["openapi"].as_str().map(|v| &v[..3]), Some("3.1"));
+    let undefined = undefined_security_schemes(spec);
+    assert!(
+        undefined.is_empty(),
+        "the {name} spec's operations name undefined security schemes: {undefined:?}"
+    );
     let validator = std::env::var("OPENAPI_SPEC_VALIDATOR").unwrap_or_else(|_| {
         let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
         format!("{home}/.cache/delivery-platform/api-tools/bin/openapi-spec-validator")
@@ -252,6 +259,29 @@ pub fn assert_valid_openapi_3_1(name: &str, spec: &Value) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// `method path: scheme` for each security requirement of an operation whose scheme is not in
+/// `components.securitySchemes`.
+fn undefined_security_schemes(spec: &Value) -> Vec<String> {
+    let defined = spec.pointer("/components/securitySchemes");
+    let mut undefined = Vec::new();
+    let paths = spec["paths"].as_object().into_iter().flatten();
+    for (path, item) in paths {
+        let operations = item.as_object().into_iter().flatten();
+        for (method, operation) in operations.filter(|(m, _)| HTTP_METHODS.contains(&m.as_str())) {
+            let requirements = operation["security"].as_array().into_iter().flatten();
+            for scheme in requirements
+                .filter_map(Value::as_object)
+                .flat_map(|r| r.keys())
+            {
+                if defined.and_then(|schemes| schemes.get(scheme)).is_none() {
+                    undefined.push(format!("{method} {path}: {scheme}"));
+                }
+            }
+        }
+    }
+    undefined
 }
 
 fn expect_fallback(
@@ -281,6 +311,22 @@ mod tests {
                 {"properties": {"code": {"enum": ["thing-not-found"]}}}
             ]}}}}
         }}}}}))
+    }
+
+    #[test]
+    fn security_requirements_must_name_defined_schemes() {
+        let spec = json!({
+            "paths": {"/things": {
+                "get": {"security": [{"bearer": []}, {"cookie": []}]},
+                "delete": {"security": [{}, {"cookie": []}]},
+                "summary": "not an operation",
+            }},
+            "components": {"securitySchemes": {"bearer": {}}}
+        });
+        assert_eq!(
+            undefined_security_schemes(&spec),
+            ["delete /things: cookie", "get /things: cookie"]
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::time::Duration;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// Events a new feed client gets first.
@@ -33,22 +34,26 @@ const REMEMBERED: usize = 100_000;
 /// started or later: a catch-up after an outage does not flood the feed with old history.
 const FIRST_SEEN_GRACE: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
 
-/// The numbers `/stats/stream` sends.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// The numbers `/stats/stream` sends: the live part of `GET /stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub(crate) struct LiveStats {
     deliveries_by_status: ByStatus,
     /// Riders with at least one assigned or picked-up delivery.
     active_riders: i64,
 }
 
-/// One entry of `/events/stream`.
-#[derive(Debug, Clone, Serialize)]
+/// One entry of `/events/stream`: an event as the projector applied it, without its data
+/// (`GET /deliveries/{id}/history` has that).
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub(crate) struct FeedEvent {
     pub(crate) event_id: Uuid,
     delivery_id: Uuid,
     version: i64,
+    /// The event's type name, a public contract.
     #[serde(rename = "type")]
+    #[schema(example = "delivery.created")]
     event_type: String,
+    #[schema(value_type = domain::Role)]
     actor_role: String,
     actor_id: String,
     occurred_at: DateTime<Utc>,

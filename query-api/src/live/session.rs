@@ -11,10 +11,14 @@ use axum::extract::State;
 use axum::http::header::{CACHE_CONTROL, COOKIE, SET_COOKIE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
+use utoipa::IntoResponses;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::{RefOr, ResponseBuilder};
 
 /// The cookie's name.
 pub const COOKIE_NAME: &str = "dp_live";
@@ -83,6 +87,7 @@ impl Sessions {
         }
     }
 
+    /// The `Set-Cookie` value; `cookie_pattern` is its contract, keep the two in step.
     fn cookie(&self, value: &str, max_age: Duration) -> Result<HeaderValue, ApiError> {
         let secure = if self.secure { "; Secure" } else { "" };
         HeaderValue::from_str(&format!(
@@ -90,6 +95,87 @@ impl Sessions {
             max_age.as_secs()
         ))
         .map_err(|error| ApiError::Internal(error.into()))
+    }
+}
+
+/// The spec's pattern of the `Set-Cookie` that `Sessions::cookie` writes with a value and a
+/// `Max-Age` matching these patterns: the fuzzer checks every answer against it.
+fn cookie_pattern(value: &str, max_age: &str) -> String {
+    format!(
+        "^{COOKIE_NAME}={value}; Path=/; Max-Age={max_age}; HttpOnly; SameSite=Strict(; Secure)?$"
+    )
+}
+
+/// A 204 that sets the cookie (`Cache-Control: no-store`, as `no_content` writes it), then
+/// the problems of `problems`.
+fn cookie_responses(
+    description: &str,
+    cookie: &str,
+    pattern: String,
+    problems: &[ApiError],
+) -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+    let text = || ObjectBuilder::new().schema_type(Type::String);
+    let set_cookie = HeaderBuilder::new()
+        .schema(Some(text().pattern(Some(pattern))))
+        .description(Some(cookie))
+        .build();
+    let cache_control = HeaderBuilder::new()
+        .schema(Some(text().enum_values(Some(["no-store"]))))
+        .description(Some("Never stored by a cache"))
+        .build();
+    let done = ResponseBuilder::new()
+        .description(description)
+        .header("Set-Cookie", set_cookie)
+        .header("Cache-Control", cache_control)
+        .build();
+    let mut responses = platform::openapi::problem_responses(problems);
+    responses.insert("204".into(), done.into());
+    responses
+}
+
+/// The answers of `POST /dashboard/session`.
+pub(crate) struct Opened;
+
+impl IntoResponses for Opened {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        cookie_responses(
+            "Signed in: the session cookie is set",
+            "The session: a random id (256 bits, hex), `HttpOnly`, `SameSite=Strict`, for \
+             `--dashboard-session-secs` (8 hours); `Secure` with `--secure-cookie`",
+            cookie_pattern("[0-9a-f]{64}", "[0-9]+"),
+            &[
+                ApiError::Unauthorized,
+                // The table of open sessions is full.
+                ApiError::Overloaded,
+                ApiError::Internal(anyhow::anyhow!("documented")),
+            ],
+        )
+    }
+}
+
+/// The answers of `DELETE /dashboard/session`.
+pub(crate) struct Ended;
+
+impl IntoResponses for Ended {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        cookie_responses(
+            "Signed out: the session is forgotten and its cookie cleared",
+            "The cookie, emptied and expired",
+            cookie_pattern("", "0"),
+            &[ApiError::Internal(anyhow::anyhow!("documented"))],
+        )
+    }
+}
+
+/// The answers of `GET /dashboard/session`.
+pub(crate) struct Checked;
+
+impl IntoResponses for Checked {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        let mut responses = platform::openapi::problem_responses(&[ApiError::Unauthorized]);
+        let good = ResponseBuilder::new().description("The session (or the token) is good");
+        responses.insert("204".into(), good.build().into());
+        responses
     }
 }
 
@@ -114,9 +200,20 @@ fn no_content(cookie: HeaderValue) -> Response {
     response
 }
 
-/// `POST /dashboard/session` with `Authorization: Bearer <token>`: opens a session and sets
-/// its cookie. A cross-site page cannot call it: it would need the token, and a cross-origin
-/// request with an `Authorization` header needs a CORS preflight this API never grants.
+/// Trade a bearer token for a dashboard session cookie
+///
+/// Opens a session and sets its cookie, which admits the live streams (and nothing else)
+/// until it expires or `DELETE /dashboard/session` ends it. No body. A cross-site page cannot
+/// call it: it would need the token, and a cross-origin request with an `Authorization`
+/// header needs a CORS preflight this API never grants.
+#[utoipa::path(
+    post,
+    path = "/dashboard/session",
+    operation_id = "create_dashboard_session",
+    security(("bearer" = [])),
+    tag = "dashboard",
+    responses(Opened)
+)]
 pub(crate) async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -129,13 +226,34 @@ pub(crate) async fn create(
     Ok(no_content(sessions.cookie(&id, sessions.ttl)?))
 }
 
-/// `GET /dashboard/session`: 204 while the session (or a bearer token) is good, else 401; the
-/// page asks before it opens its streams, since an `EventSource` cannot see a status code.
+/// Whether the session is still good
+///
+/// 204 while the session cookie (or a bearer token) is good, else 401: the page asks before
+/// it opens its streams, since an `EventSource` cannot see a status code.
+#[utoipa::path(
+    get,
+    path = "/dashboard/session",
+    operation_id = "check_dashboard_session",
+    security(("bearer" = []), ("dashboard_session" = [])),
+    tag = "dashboard",
+    responses(Checked)
+)]
 pub(crate) async fn check() -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-/// `DELETE /dashboard/session`: forgets the session and clears the cookie.
+/// Sign out: forget the session and clear its cookie
+///
+/// Needs nothing but the cookie it ends; without one (or with an unknown or expired one) it
+/// only clears the cookie.
+#[utoipa::path(
+    delete,
+    path = "/dashboard/session",
+    operation_id = "end_dashboard_session",
+    security((), ("dashboard_session" = [])),
+    tag = "dashboard",
+    responses(Ended)
+)]
 pub(crate) async fn end(
     State(state): State<AppState>,
     headers: HeaderMap,

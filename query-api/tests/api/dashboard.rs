@@ -1,7 +1,7 @@
 //! The dashboard's sessions and its page, driven without a socket.
 
 use crate::live::{BEARER, live_app, open};
-use crate::support::{TOKEN, seed};
+use crate::support::{TOKEN, assert_documented, seed};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
@@ -9,14 +9,15 @@ use http_body_util::BodyExt;
 use sqlx::PgPool;
 use tower::ServiceExt;
 
-/// Sends `method path` with `headers`; the status, the headers and the body.
+/// Sends `method path` with `headers`; the status, the headers and the body, once the spec is
+/// found to document the answer.
 async fn send(
     app: &Router,
     method: Method,
     path: &str,
     headers: &[(&str, &str)],
 ) -> (StatusCode, header::HeaderMap, String) {
-    let mut request = Request::builder().method(method).uri(path);
+    let mut request = Request::builder().method(method.clone()).uri(path);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -27,6 +28,8 @@ async fn send(
         .expect("router answers");
     let (parts, body) = response.into_parts();
     let bytes = body.collect().await.expect("body").to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    assert_documented(&method, path, parts.status, &json);
     (
         parts.status,
         parts.headers,

@@ -3,7 +3,7 @@
 //! the shutdown of a served API and the browser are in `tests/tests/e2e/live.rs`; sessions
 //! and the page in `dashboard.rs`.
 
-use crate::support::{D1, D2, D4, TOKEN, UNKNOWN, get_as, project, seed};
+use crate::support::{D1, D2, D4, TOKEN, UNKNOWN, assert_documented, get_as, project, seed};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
@@ -68,7 +68,8 @@ impl Stream {
     }
 }
 
-/// Opens `path` with `headers`; a stream, or the refusal as status and body.
+/// Opens `path` with `headers`; a stream, or the refusal as status and body. Either must be an
+/// answer the spec documents.
 pub(crate) async fn open(
     app: &Router,
     path: &str,
@@ -88,8 +89,16 @@ pub(crate) async fn open(
             .await
             .expect("body")
             .to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        assert_documented(&Method::GET, path, status, &body);
         return Err((status, String::from_utf8_lossy(&bytes).into_owned()));
     }
+    assert_documented(
+        &Method::GET,
+        path,
+        response.status(),
+        &serde_json::Value::Null,
+    );
     assert_eq!(
         response.headers()[header::CONTENT_TYPE],
         "text/event-stream",
