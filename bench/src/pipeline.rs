@@ -5,6 +5,7 @@
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -45,6 +46,9 @@ struct Figures {
     accepted: Option<Histogram<u64>>,
     visible: Option<Histogram<u64>>,
     failed: u64,
+    /// Why commands failed, each reason with its count: a figure of failures says little
+    /// without what failed (a refusal, a timeout, a dropped connection).
+    failures: BTreeMap<String, u64>,
     not_visible: u64,
 }
 
@@ -81,8 +85,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
         in_flight.spawn(async move {
             let result = one_command(&client, &config, next, &ready, &figures).await;
-            if result.is_err() {
-                lock(&figures).failed += 1;
+            if let Err(error) = result {
+                let mut figures = lock(&figures);
+                figures.failed += 1;
+                *figures.failures.entry(failure_reason(&error)).or_default() += 1;
             }
         });
         while in_flight.try_join_next().is_some() {}
@@ -101,6 +107,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         figures.failed,
         figures.not_visible
     );
+    for (reason, count) in &figures.failures {
+        println!("failed: {count} x {reason}");
+    }
     println!(
         "command accepted: p50={:.2}ms p99={:.2}ms max={:.2}ms",
         ms(accepted, 0.5),
@@ -139,6 +148,23 @@ async fn warm_up(client: &reqwest::Client, config: &Config) -> anyhow::Result<()
         lock(&figures).not_visible = 0;
     }
     anyhow::bail!("nothing became visible in the query API within a minute")
+}
+
+/// A failure's kind without its ids (a status, or reqwest's own words), so alike failures
+/// count together.
+fn failure_reason(error: &anyhow::Error) -> String {
+    match error.downcast_ref::<reqwest::Error>() {
+        Some(error) if error.status().is_some() => {
+            format!("HTTP {}", error.status().unwrap_or_default())
+        }
+        Some(error) if error.is_timeout() => "timed out".to_owned(),
+        Some(error) if error.is_connect() => "could not connect".to_owned(),
+        Some(error) if error.is_request() => {
+            "request failed (connection closed or reset)".to_owned()
+        }
+        Some(error) if error.is_body() || error.is_decode() => "answer unreadable".to_owned(),
+        _ => error.to_string().chars().take(80).collect(),
+    }
 }
 
 fn lock(figures: &Mutex<Figures>) -> std::sync::MutexGuard<'_, Figures> {
