@@ -129,7 +129,9 @@ mod tests {
         let second = install();
         metrics::counter!("platform_test_installs_total").increment(1);
         assert!(first.render().contains("platform_test_installs_total 3"));
-        assert_eq!(first.render(), second.render());
+        // The same registry: the second handle sees what was counted before it existed. (Not
+        // an equality of two renders: other tests of this binary record in parallel.)
+        assert!(second.render().contains("platform_test_installs_total 3"));
     }
 
     #[test]
