@@ -32,7 +32,8 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use replay::{Reader, Replay, describe_truncation, position_of};
 use sqlx::{Connection, PgPool};
 use staging::{
-    build_indexes, indexes_built, live_offsets, lock_projections, prepare_staging, staged_offsets,
+    build_indexes, indexes_built, live_offsets, lock_projections, prepare_staging,
+    release_projections, staged_offsets,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -198,8 +199,23 @@ pub async fn rebuild_with(
     let names: Vec<&'static str> = chosen.iter().map(|p| p.name()).collect();
     // What the replay writes: the chosen projections and those always written.
     let staged = catalog.with_always_written(&chosen);
-    // Held until this function returns; closing it releases the locks, as would our death.
+    // Held until the rebuild ends; our death would release the locks too.
     let lock = lock_projections(pool, &names).await?;
+    let outcome = rebuild_locked(pool, config, shutdown, started, chosen, names, staged).await;
+    release_projections(lock).await?;
+    outcome
+}
+
+/// The rebuild itself, once the projections' locks are held.
+async fn rebuild_locked(
+    pool: &PgPool,
+    config: &RebuildConfig,
+    shutdown: &CancellationToken,
+    started: Instant,
+    chosen: Vec<&'static dyn Projection>,
+    names: Vec<&'static str>,
+    staged: Vec<&'static dyn Projection>,
+) -> Result<RebuildReport, RebuildError> {
     let schema = format!("rebuild_{}", names.join("_"));
     if config.from_scratch {
         // Dynamic: the staging schema, named at run time.
@@ -345,7 +361,6 @@ pub async fn rebuild_with(
     let switched = outcome?;
     finished?;
     meter.finish(switched);
-    lock.close().await?;
     let report = RebuildReport {
         projections: names,
         schema,

@@ -29,6 +29,17 @@ pub(super) async fn lock_projections(
     Ok(conn)
 }
 
+/// Releases the locks of `lock_projections` before closing their connection: the server
+/// frees a closed session's locks only once its backend has exited, which a rebuild started
+/// right after this one could otherwise race.
+pub(super) async fn release_projections(mut conn: PgConnection) -> Result<(), RebuildError> {
+    sqlx::query!("select pg_advisory_unlock_all()")
+        .execute(&mut conn)
+        .await?;
+    conn.close().await?;
+    Ok(())
+}
+
 /// Creates the staging schema with the tables of `staged` (the chosen projections, plus the
 /// `deliveries` ones they are computed from) and the replay's own offsets; or finds it left by
 /// an interrupted run. `names` are the chosen projections'.
