@@ -35,9 +35,13 @@ struct RelayArgs {
     /// The topic the events go to (created beforehand: the relay creates nothing).
     #[arg(long, env = "KAFKA_TOPIC", default_value = "delivery.events")]
     topic: String,
-    /// Outbox rows published per round.
+    /// The most outbox rows one read queues to the producer.
     #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 500)]
     batch_size: i64,
+    /// The most messages queued to the broker and not yet acknowledged: the relay reads and
+    /// queues new rows while earlier ones await their acknowledgement.
+    #[arg(long, env = "RELAY_MAX_IN_FLIGHT", default_value_t = 2000)]
+    max_in_flight: usize,
     /// Fallback polling interval in milliseconds, for when a notification is missed.
     #[arg(long, env = "RELAY_POLL_MS", default_value_t = 1000)]
     poll_ms: u64,
@@ -71,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
             let config = RelayConfig {
                 topic: args.topic,
                 batch_size: args.batch_size,
+                max_in_flight: args.max_in_flight,
                 poll_interval: Duration::from_millis(args.poll_ms),
             };
             platform::service::metrics::serve_operations(

@@ -28,14 +28,16 @@
 //! (Just over 400 lines: the leader loop and each way it heals read best side by side.)
 
 pub mod monitor;
+mod pipeline;
+
+pub use pipeline::{Pipeline, Settle};
 
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, Producer};
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Advisory lock key held by the one active relay ("outbox" in ASCII).
@@ -48,8 +50,10 @@ const LONGEST_WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
     pub topic: String,
-    /// Outbox rows read and published per round.
+    /// The most outbox rows one read queues to the producer.
     pub batch_size: i64,
+    /// The most messages queued and not yet acknowledged (see `pipeline`).
+    pub max_in_flight: usize,
     /// How often to look for rows when no notification arrives (a fallback, not the main path).
     pub poll_interval: Duration,
 }
@@ -248,132 +252,106 @@ async fn lead(
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(crate::wake::CHANNEL).await?;
     let mut retry = Pause::new(Duration::from_millis(100));
-    while !shutdown.is_cancelled() {
-        // Losing the lock connection means another relay may take over: stop publishing.
-        leader.ping().await?;
-        let error = match publish_batch(pool, producer, config).await {
-            Ok(published) => {
-                pause.reset();
-                retry.reset();
-                if published == 0 {
-                    tokio::select! {
-                        () = shutdown.cancelled() => {}
-                        notified = listener.recv() => { notified?; }
-                        () = tokio::time::sleep(config.poll_interval) => {}
-                    }
+    let mut pipeline = Pipeline::new(config.max_in_flight);
+    let term = async {
+        while !shutdown.is_cancelled() {
+            // Losing the lock connection means another relay may take over: stop publishing.
+            leader.ping().await?;
+            let error = match step(
+                pool,
+                producer,
+                config,
+                &mut pipeline,
+                &mut listener,
+                shutdown,
+            )
+            .await
+            {
+                Ok(()) => {
+                    pause.reset();
+                    retry.reset();
+                    continue;
                 }
-                continue;
+                Err(error) => error,
+            };
+            let fatal = producer.client().fatal_error();
+            let next = recovery(&error, fatal.as_ref().map(|(code, _)| *code));
+            monitor::failed(next);
+            match next {
+                Recovery::Retry => {
+                    let wait = retry.take();
+                    tracing::warn!(%error, retry_in = ?wait, "publishing failed; the outbox keeps the rows");
+                    wait_or_shutdown(wait, shutdown).await;
+                }
+                Recovery::ReplaceProducer => {
+                    let reason = fatal.map_or_else(|| error.to_string(), |(_, reason)| reason);
+                    tracing::warn!(%reason, "the Kafka producer cannot deliver: replacing it");
+                    *producer = producers.create().map_err(StepDown::Kafka)?;
+                }
+                Recovery::StepDown => return Err(error.into()),
             }
-            Err(error) => error,
-        };
-        let fatal = producer.client().fatal_error();
-        let next = recovery(&error, fatal.as_ref().map(|(code, _)| *code));
-        monitor::failed(next);
-        match next {
-            Recovery::Retry => {
-                let wait = retry.take();
-                tracing::warn!(%error, retry_in = ?wait, "publishing failed; the outbox keeps the rows");
-                wait_or_shutdown(wait, shutdown).await;
-            }
-            Recovery::ReplaceProducer => {
-                let reason = fatal.map_or_else(|| error.to_string(), |(_, reason)| reason);
-                tracing::warn!(%reason, "the Kafka producer cannot deliver: replacing it");
-                *producer = producers.create().map_err(StepDown::Kafka)?;
-            }
-            Recovery::StepDown => return Err(error.into()),
         }
+        Ok(())
+    };
+    let ended = term.await;
+    // However the term ended, what it queued is awaited (and marked, while the database
+    // answers): on shutdown, what was sent is confirmed.
+    if let Err(error) = pipeline.settle(pool, Settle::All).await {
+        tracing::debug!(%error, "settling the messages in flight at the end of the term failed");
     }
+    ended
+}
+
+/// One step of a leader: queue what there is room for, then wait for the oldest message's
+/// acknowledgement or for new rows, whichever comes first, and mark what was acknowledged.
+/// With nothing in flight, it waits for a wake-up, the poll interval, or shutdown. On an
+/// error, nothing is left in flight.
+async fn step(
+    pool: &PgPool,
+    producer: &FutureProducer,
+    config: &RelayConfig,
+    pipeline: &mut Pipeline,
+    listener: &mut PgListener,
+    shutdown: &CancellationToken,
+) -> Result<(), RelayError> {
+    if let Err(error) = pipeline.fill(pool, producer, config).await {
+        return Err(match pipeline.settle(pool, Settle::All).await {
+            // The database failing matters more: the relay steps down for it.
+            Err(database @ RelayError::Database(_)) => database,
+            _ => error,
+        });
+    }
+    if pipeline.is_empty() {
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            notified = listener.recv() => { notified?; }
+            () = tokio::time::sleep(config.poll_interval) => {}
+        }
+        return Ok(());
+    }
+    tokio::select! {
+        () = shutdown.cancelled() => return Ok(()),
+        () = pipeline.oldest_settled() => {}
+        // New rows: queue them beside those in flight.
+        notified = listener.recv() => { notified?; }
+    }
+    pipeline.settle(pool, Settle::Ready).await?;
     Ok(())
 }
 
-/// Publishes the oldest unpublished rows, in order, and marks the acknowledged prefix.
+/// One round, for tests and tools: queues up to a batch of the oldest unpublished rows, waits
+/// for every acknowledgement, and marks the acknowledged prefix published; returns how many.
 /// Rows after the first failure stay unpublished and are sent again, in order, next round.
 pub async fn publish_batch(
     pool: &PgPool,
     producer: &FutureProducer,
     config: &RelayConfig,
 ) -> Result<usize, RelayError> {
-    let rows: Vec<(i64, String, serde_json::Value, serde_json::Value)> = sqlx::query!(
-        "select position, aggregateid, payload, headers from outbox \
-         where published_at is null order by position limit $1",
-        config.batch_size,
-    )
-    .fetch_all(pool)
-    .await?
-    .into_iter()
-    .map(|row| (row.position, row.aggregateid, row.payload, row.headers))
-    .collect();
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    // Queue the whole batch first (librdkafka pipelines it), then await acknowledgements in order.
-    let queued_at = Instant::now();
-    let mut deliveries = Vec::with_capacity(rows.len());
-    let mut refused = None;
-    for (position, key, payload, headers) in &rows {
-        let payload = payload.to_string();
-        let mut kafka_headers = OwnedHeaders::new();
-        if let Some(headers) = headers.as_object() {
-            for (name, value) in headers {
-                kafka_headers = kafka_headers.insert(Header {
-                    key: name,
-                    value: value.as_str(),
-                });
-            }
-        }
-        let record = FutureRecord::to(&config.topic)
-            .key(key)
-            .payload(&payload)
-            .headers(kafka_headers);
-        match producer.send_result(record) {
-            Ok(delivery) => deliveries.push((*position, delivery)),
-            Err((error, _)) => {
-                // A full local queue only means "later": what is queued goes now, the rest next
-                // round. Anything else fails the round, once what is queued was awaited, so no
-                // message of this round is still in flight when the caller decides what next.
-                let queue_full = error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull);
-                if deliveries.is_empty() || !queue_full {
-                    refused = Some(error);
-                }
-                break;
-            }
-        }
-    }
-    let mut acknowledged = Vec::with_capacity(deliveries.len());
-    let mut failure = None;
-    for (position, delivery) in deliveries {
-        match delivery.await {
-            Ok(Ok(_)) if failure.is_none() => acknowledged.push(position),
-            Ok(Ok(_)) => {}
-            Ok(Err((error, _))) => {
-                failure.get_or_insert(RelayError::Kafka(error));
-            }
-            Err(_canceled) => {
-                failure.get_or_insert(RelayError::Kafka(KafkaError::Canceled));
-            }
-        }
-    }
-    let acknowledged_in = queued_at.elapsed();
-    if !acknowledged.is_empty() {
-        // A mark lost in a database crash only means the row is published again (a duplicate,
-        // which consumers skip by version): the next round need not wait for the WAL flush.
-        let mut tx = pool.begin().await?;
-        sqlx::query!("set local synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query!(
-            "update outbox set published_at = now() where position = any($1)",
-            &acknowledged,
-        )
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        monitor::published(acknowledged.len(), acknowledged_in);
-    }
-    match failure.or(refused.map(RelayError::Kafka)) {
-        Some(error) => Err(error),
-        None => Ok(acknowledged.len()),
-    }
+    let mut pipeline = Pipeline::new(config.batch_size.max(1) as usize);
+    let filled = pipeline.fill(pool, producer, config).await;
+    let settled = pipeline.settle(pool, Settle::All).await;
+    filled?;
+    settled
 }
 
 #[cfg(test)]

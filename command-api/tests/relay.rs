@@ -113,6 +113,7 @@ async fn a_relay_whose_producer_fails_for_good_builds_a_new_one_and_publishes_in
     let config = RelayConfig {
         topic: TOPIC.into(),
         batch_size: 5,
+        max_in_flight: 20,
         poll_interval: Duration::from_millis(100),
     };
     let running = tokio::spawn(relay::run(

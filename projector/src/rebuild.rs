@@ -30,7 +30,7 @@ use rdkafka::consumer::{Consumer, DefaultConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use replay::{Reader, Replay, describe_truncation, position_of};
-use sqlx::{Connection, PgPool};
+use sqlx::PgPool;
 use staging::{
     build_indexes, indexes_built, live_offsets, lock_projections, prepare_staging,
     release_projections, staged_offsets,

@@ -147,6 +147,7 @@ impl TestStack {
         let config = RelayConfig {
             topic: TOPIC.into(),
             batch_size: 500,
+            max_in_flight: 2000,
             poll_interval: Duration::from_millis(100),
         };
         self.relay = Some(Part::spawn(|shutdown| async move {

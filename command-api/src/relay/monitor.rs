@@ -14,7 +14,8 @@ pub const LEADER: &str = "relay_leader";
 pub const UNPUBLISHED: &str = "relay_outbox_unpublished_rows";
 /// Age of the oldest unpublished outbox row (0 when there is none).
 pub const OLDEST_UNPUBLISHED: &str = "relay_outbox_oldest_unpublished_age_seconds";
-/// Time from queuing a round's messages to the broker's last acknowledgement.
+/// Time from queuing a message to marking it published: recorded for the oldest message of each
+/// group of acknowledgements marked together.
 pub const PUBLISH_DURATION: &str = "relay_publish_duration_seconds";
 /// Messages the broker acknowledged (and the relay marked published).
 pub const PUBLISHED: &str = "relay_published_messages_total";
@@ -34,7 +35,7 @@ pub fn register() {
     metrics::describe_histogram!(
         PUBLISH_DURATION,
         metrics::Unit::Seconds,
-        "Time from queuing a round's messages to the broker's last acknowledgement"
+        "Time from queuing the oldest message of each group marked published to its marking"
     );
     metrics::describe_counter!(PUBLISHED, "Messages the broker acknowledged");
     metrics::describe_counter!(FAILURES, "Publishing rounds that failed, by recovery");
@@ -61,7 +62,7 @@ impl Drop for Leading {
     }
 }
 
-/// A round the broker acknowledged `messages` of, in `took`.
+/// `messages` acknowledged and marked together, the oldest queued `took` ago.
 pub(super) fn published(messages: usize, took: Duration) {
     metrics::histogram!(PUBLISH_DURATION).record(took);
     metrics::counter!(PUBLISHED).increment(messages as u64);

@@ -101,6 +101,7 @@ pub(crate) fn relay_config() -> RelayConfig {
     RelayConfig {
         topic: TOPIC.into(),
         batch_size: 7,
+        max_in_flight: 21,
         poll_interval: Duration::from_millis(200),
     }
 }
@@ -184,6 +185,7 @@ async fn while_the_broker_is_down_the_outbox_keeps_everything_and_drains_in_orde
     let config = RelayConfig {
         topic: TOPIC.into(),
         batch_size: 100,
+        max_in_flight: 400,
         poll_interval: Duration::from_millis(100),
     };
     let attempt = tokio::time::timeout(
@@ -250,6 +252,7 @@ async fn a_crash_between_publish_and_mark_republishes_in_order_and_loses_nothing
     let config = RelayConfig {
         topic: TOPIC.into(),
         batch_size: 100,
+        max_in_flight: 400,
         poll_interval: Duration::from_millis(100),
     };
     assert_eq!(
@@ -279,4 +282,91 @@ async fn a_crash_between_publish_and_mark_republishes_in_order_and_loses_nothing
         // Each delivery's history arrives whole, twice, each copy in order: duplicates, no loss.
         assert_eq!(versions, &vec![1, 2, 3, 4, 1, 2, 3, 4]);
     }
+}
+
+/// Appends the first event (created) of delivery `number` in a transaction left open.
+async fn create_uncommitted(
+    pool: &PgPool,
+    number: u128,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let (command, actor) = lifecycle(id(number))[0].clone();
+    let events = Delivery::default()
+        .decide(command, &actor, t(0))
+        .expect("allowed");
+    let mut tx = pool.begin().await.expect("begin");
+    let causation = Causation {
+        correlation_id: Uuid::from_u128(1),
+        causation_id: Uuid::from_u128(2),
+    };
+    store::append(&mut tx, 0, &events, causation)
+        .await
+        .expect("append");
+    tx
+}
+
+#[sqlx::test(migrator = "migrations::WRITE")]
+async fn rows_are_queued_while_earlier_ones_are_in_flight_and_a_late_commit_below_them_is_not_skipped(
+    pool: PgPool,
+) {
+    let broker = Broker::start(2).await;
+    let producer = relay::producer(&broker.address).expect("producer");
+    let config = RelayConfig {
+        topic: TOPIC.into(),
+        batch_size: 4,
+        max_in_flight: 12,
+        poll_interval: Duration::from_millis(100),
+    };
+    // Delivery 1's first event takes the lowest position but commits last.
+    let late = create_uncommitted(&pool, 1).await;
+    record_lifecycles_of(&pool, 2..=3).await;
+    let mut pipeline = relay::Pipeline::new(config.max_in_flight);
+    // Two reads, nothing settled in between: the second queues the next rows, not the same.
+    assert_eq!(
+        pipeline
+            .fill(&pool, &producer, &config)
+            .await
+            .expect("fill"),
+        4
+    );
+    assert_eq!(
+        pipeline
+            .fill(&pool, &producer, &config)
+            .await
+            .expect("fill"),
+        4
+    );
+    late.commit().await.expect("commit");
+    assert_eq!(
+        pipeline
+            .fill(&pool, &producer, &config)
+            .await
+            .expect("fill"),
+        1
+    );
+    assert_eq!(
+        pipeline
+            .settle(&pool, relay::Settle::All)
+            .await
+            .expect("settled"),
+        9
+    );
+    assert!(pipeline.is_empty());
+    let unpublished: i64 =
+        sqlx::query_scalar("select count(*) from outbox where published_at is null")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    assert_eq!(unpublished, 0);
+
+    let mut per_delivery: HashMap<String, Vec<i64>> = HashMap::new();
+    for (key, _, envelope, _) in consume(&consumer(&broker), 9).await {
+        per_delivery.entry(key).or_default().push(envelope.version);
+    }
+    // Each message once, each delivery's in order, the late one included.
+    assert_eq!(per_delivery.remove(&id(1).to_string()), Some(vec![1]));
+    assert!(
+        per_delivery.values().all(|v| v == &vec![1, 2, 3, 4]),
+        "{per_delivery:?}"
+    );
+    assert_eq!(per_delivery.len(), 2);
 }
