@@ -12,7 +12,10 @@
 #      the outbox's own timestamps;
 #   3. sustained: 60 s at 80% of the command API's maximum, with the projector's lag sampled
 #      every second and every process's peak RSS read at the end;
-#   4. catch-up: a backlog produced straight to a fresh topic, the broker's raw consume rate,
+#   4. (durable only: reads do not touch the broker) queries: 2,000 requests/s of reads by id
+#      and listing pages over a read model of 1,000,000 deliveries (bench queries, which
+#      seeds it), then pgbench's primary-key select at the same rate on the same table;
+#   5. catch-up: a backlog produced straight to a fresh topic, the broker's raw consume rate,
 #      then the projector's (bench catch-up, the projector's shipped settings);
 # and once, on Postgres alone: pgbench's event + outbox insert with and without a NOTIFY in
 # each transaction, at 16 and 64 clients (the baselines of 1).
@@ -25,9 +28,9 @@ ensure_nisshi
 quick=false
 [ "${1:-}" = --quick ] && quick=true
 if $quick; then
-    closed_secs=5 pipeline_secs=5 sustained_secs=10 backlog=20000
+    closed_secs=5 pipeline_secs=5 sustained_secs=10 backlog=20000 query_rows=100000
 else
-    closed_secs=20 pipeline_secs=20 sustained_secs=60 backlog=100000
+    closed_secs=20 pipeline_secs=20 sustained_secs=60 backlog=100000 query_rows=1000000
 fi
 out=.stack/bench-all
 mkdir -p "$out"
@@ -87,6 +90,34 @@ published_latency() { # SECONDS
         from outbox where created_at > now() - interval '$1 seconds' and published_at is not null"
 }
 
+# pgbench's select by primary key at 2,000/s on the seeded read model: "p50 p99" in ms, from
+# its per-transaction log (with --rate, latency counts from each transaction's scheduled start).
+pgbench_primary_key() {
+    rm -f "$out"/pgbench-pk.*
+    pgbench -n -M prepared -c 8 -j 2 -R 2000 -T "$closed_secs" -D rows="$query_rows" \
+        -f bench/sql/delivery-by-id.sql -l --log-prefix="$out/pgbench-pk" \
+        "$POSTGRES_URL/bench_all_read" >/dev/null 2>&1
+    cat "$out"/pgbench-pk.* | awk '{print $3}' | sort -n \
+        | awk '{a[NR] = $1} END {printf "%.2f %.2f\n", a[int(NR * 0.5)] / 1000, a[int(NR * 0.99)] / 1000}'
+}
+
+queries() {
+    local line
+    echo "== queries: 2000 requests/s over $query_rows deliveries for ${closed_secs}s"
+    line=$("$bin"/bench queries --query-url http://127.0.0.1:28081 --rate 2000 \
+        --seconds "$closed_secs" --deliveries "$query_rows" \
+        --seed-database-url "$POSTGRES_URL/bench_all_read" | tee /dev/stderr)
+    record durable queries_p50 "$(field "$(grep "all reads" <<<"$line")" p50)"
+    record durable queries_p99 "$(field "$(grep "all reads" <<<"$line")" p99)"
+    record durable queries_by_id_p99 "$(field "$(grep "deliveries/{id}" <<<"$line")" p99)"
+    record durable queries_list_p99 "$(field "$(grep "a page of" <<<"$line")" p99)"
+    record durable queries_failed "$(field "$(head -n1 <<<"$line")" failed)"
+    read -r p50 p99 <<<"$(pgbench_primary_key)"
+    echo "pgbench primary-key select at 2000/s: p50=${p50}ms p99=${p99}ms"
+    record postgres pgbench_pk_p50 "$p50"
+    record postgres pgbench_pk_p99 "$p99"
+}
+
 measure() { # STORAGE
     local storage=$1 line max sustained_rate lag=0 lag_now part pid
     echo "== $storage broker: starting the stack"
@@ -138,6 +169,8 @@ measure() { # STORAGE
         kib=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
         record "$storage" "rss_$part" "$(awk -v k="$kib" 'BEGIN {printf "%.1f", k / 1024}')"
     done
+
+    [ "$storage" = durable ] && queries
 
     echo "== catch-up: $backlog events"
     "$NISSHI_BIN" topic create bench.catchup --partitions 6 --broker tcp://127.0.0.1:29092 >/dev/null

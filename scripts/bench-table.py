@@ -22,7 +22,11 @@ def get(storage, name):
 def show(value, unit=""):
     if value is None:
         return "n/a"
-    text = f"{value:,.0f}" if abs(value) >= 100 or value == int(value) else f"{value:.1f}"
+    if abs(value) >= 100 or value == int(value):
+        text = f"{value:,.0f}"
+    else:
+        # Sub-10 figures (query latencies in ms) keep two decimals.
+        text = f"{value:.1f}" if abs(value) >= 10 else f"{value:.2f}"
     return text + unit
 
 
@@ -35,8 +39,8 @@ def verdict(value, target, higher_is_better):
 
 # (label, figure, unit, baseline (storage, name) or None, target, higher is better)
 ROWS = [
-    ("command API, 16 clients (commands/s)", "commands_16", "", ("postgres", "pgbench_16_notify_false"), "ratio>=1.0", True),
-    ("command API, 64 clients (commands/s)", "commands_64", "", ("postgres", "pgbench_64_notify_false"), "ratio>=1.0", True),
+    ("command API, 16 clients (commands/s)", "commands_16", "", ("postgres", "pgbench_16_notify_false", "pgbench, no NOTIFY"), "ratio>=1.0", True),
+    ("command API, 64 clients (commands/s)", "commands_64", "", ("postgres", "pgbench_64_notify_false", "pgbench, no NOTIFY"), "ratio>=1.0", True),
     ("command API p99, 16 clients", "commands_16_p99", " ms", None, 50, False),
     ("command API p99, 64 clients", "commands_64_p99", " ms", None, 50, False),
     ("accepted -> published p50, 500/s", "published_p50", " ms", None, None, False),
@@ -50,6 +54,11 @@ ROWS = [
     ("sustained: projector's largest lag", "sustained_max_lag", " msgs", None, None, False),
     ("catch-up (events/s)", "catch_up", "", "raw_consume", 20000, True),
     ("raw rdkafka consume, same broker (msgs/s)", "raw_consume", "", None, None, True),
+    ("queries p99, 2,000 requests/s, all reads", "queries_p99", " ms", ("postgres", "pgbench_pk_p99", "pgbench PK select"), 5, False),
+    ("queries p99, GET /deliveries/{id}", "queries_by_id_p99", " ms", None, 5, False),
+    ("queries p99, a listing page of 50", "queries_list_p99", " ms", None, 5, False),
+    ("queries p50, all reads", "queries_p50", " ms", ("postgres", "pgbench_pk_p50", "pgbench PK select"), None, False),
+    ("queries failed", "queries_failed", "", None, 0, False),
     ("peak RSS, command API", "rss_command-api", " MiB", None, 150, False),
     ("peak RSS, relay", "rss_relay", " MiB", None, 150, False),
     ("peak RSS, projector", "rss_projector", " MiB", None, 150, False),
@@ -64,8 +73,9 @@ for label, name, unit, baseline, target, higher in ROWS:
     base_value = None
     base_text = ""
     if isinstance(baseline, tuple):
-        base_value = get(*baseline)
-        base_text = f"{show(base_value)} (pgbench, no NOTIFY)"
+        storage, name_, what = baseline
+        base_value = get(storage, name_)
+        base_text = f"{show(base_value, unit)} ({what})"
     elif baseline:
         base_value = get("durable", baseline)
         base_text = f"{show(base_value)} (raw consume)"

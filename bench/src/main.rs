@@ -4,6 +4,7 @@
 //!   query API.
 //! - `catch-up`: the projector's apply rate over a backlog already in Kafka.
 //! - `rebuild`: `projector rebuild` over a backlog, beside the broker's raw consume rate.
+//! - `queries`: the query API's read latency at a fixed request rate over a large read model.
 //! - `broker`: the broker's own latency, for comparison.
 //! - `chaos`: not a benchmark but the fault-injection suite's driver; it asserts.
 
@@ -13,6 +14,7 @@ mod chaos;
 mod commands;
 mod lifecycle;
 mod pipeline;
+mod queries;
 mod rebuild;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +33,9 @@ enum Bench {
     Commands(commands::Config),
     /// Time commands from accepted to visible in the query API at a steady rate (open loop).
     Pipeline(pipeline::Config),
+    /// The query API's read latency at a fixed request rate (open loop), reads by id and
+    /// listing pages over a read model of `--deliveries` rows.
+    Queries(queries::Config),
     /// The broker's own produce and consume latency, nothing of ours in the path.
     Broker(broker::Config),
     /// Put a backlog of events in Kafka and time the projector catching up on it.
@@ -48,6 +53,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     match Cli::parse().bench {
         Bench::Commands(config) => commands::run(config).await?,
         Bench::Pipeline(config) => pipeline::run(config).await?,
+        Bench::Queries(config) => queries::run(config).await?,
         Bench::CatchUp(config) => catch_up::run(config).await?,
         Bench::Broker(config) => broker::run(config).await?,
         Bench::Rebuild(config) => rebuild::run(config).await?,
