@@ -221,12 +221,12 @@ async fn seed(url: &str, deliveries: u64) -> anyhow::Result<()> {
         .await
         .context("connecting to the read database to seed it")?;
     let count = i64::try_from(deliveries)?;
-    // Dynamic: bench-only seeding, not a statement of the platform.
-    let present: i64 = sqlx::query_scalar(
-        "select count(*) from deliveries where delivery_id >= $1 and delivery_id <= $2",
+    let present = sqlx::query_scalar!(
+        r#"select count(*) as "count!" from deliveries
+           where delivery_id >= $1 and delivery_id <= $2"#,
+        seeded_id(1),
+        seeded_id(deliveries),
     )
-    .bind(seeded_id(1))
-    .bind(seeded_id(deliveries))
     .fetch_one(&pool)
     .await?;
     if present >= count {
@@ -234,7 +234,8 @@ async fn seed(url: &str, deliveries: u64) -> anyhow::Result<()> {
         return Ok(());
     }
     let started = Instant::now();
-    sqlx::query(
+    let from = chrono::DateTime::parse_from_rfc3339(SEEDED_FROM)?.to_utc();
+    sqlx::query!(
         "insert into deliveries (delivery_id, status, order_ref, customer_id, pickup, dropoff,
              rider_id, cancel_reason, created_at, assigned_at, picked_up_at, completed_at,
              cancelled_at, version, updated_at)
@@ -255,13 +256,13 @@ async fn seed(url: &str, deliveries: u64) -> anyhow::Result<()> {
          from generate_series(1, $1::bigint) as n,
               lateral (select $2::timestamptz + n * interval '1 second' as created) as at
          on conflict (delivery_id) do nothing",
+        count,
+        from,
     )
-    .bind(count)
-    .bind(chrono::DateTime::parse_from_rfc3339(SEEDED_FROM)?)
     .execute(&pool)
     .await
     .context("seeding the read model")?;
-    sqlx::raw_sql("analyze deliveries").execute(&pool).await?;
+    sqlx::query!("analyze deliveries").execute(&pool).await?;
     println!(
         "seed: wrote {deliveries} deliveries in {:.1} s",
         started.elapsed().as_secs_f64()
