@@ -111,7 +111,7 @@ queries() {
     record durable queries_p99 "$(field "$(grep "all reads" <<<"$line")" p99)"
     record durable queries_by_id_p99 "$(field "$(grep "deliveries/{id}" <<<"$line")" p99)"
     record durable queries_list_p99 "$(field "$(grep "a page of" <<<"$line")" p99)"
-    record durable queries_failed "$(field "$(head -n1 <<<"$line")" failed)"
+    record durable queries_failed "$(field "$(grep "queries over" <<<"$line")" failed)"
     read -r p50 p99 <<<"$(pgbench_primary_key)"
     echo "pgbench primary-key select at 2000/s: p50=${p50}ms p99=${p99}ms"
     record postgres pgbench_pk_p50 "$p50"
