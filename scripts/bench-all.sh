@@ -106,7 +106,7 @@ queries() {
     echo "== queries: 2000 requests/s over $query_rows deliveries for ${closed_secs}s"
     line=$("$bin"/bench queries --query-url http://127.0.0.1:28081 --rate 2000 \
         --seconds "$closed_secs" --deliveries "$query_rows" \
-        --seed-database-url "$POSTGRES_URL/bench_all_read" | tee /dev/stderr)
+        --seed-database-url "$POSTGRES_URL/bench_all_read" | tee -a /dev/stderr)
     record durable queries_p50 "$(field "$(grep "all reads" <<<"$line")" p50)"
     record durable queries_p99 "$(field "$(grep "all reads" <<<"$line")" p99)"
     record durable queries_by_id_p99 "$(field "$(grep "deliveries/{id}" <<<"$line")" p99)"
@@ -132,7 +132,7 @@ measure() { # STORAGE
     done
 
     line=$("$bin"/bench pipeline --command-url http://127.0.0.1:28080 \
-        --query-url http://127.0.0.1:28081 --rate 500 --seconds "$pipeline_secs" | tee /dev/stderr)
+        --query-url http://127.0.0.1:28081 --rate 500 --seconds "$pipeline_secs" | tee -a /dev/stderr)
     local visible
     visible=$(grep "accepted -> visible" <<<"$line")
     record "$storage" visible_p50 "$(field "$visible" p50)"
@@ -153,7 +153,7 @@ measure() { # STORAGE
     local sampler=$!
     line=$("$bin"/bench pipeline --command-url http://127.0.0.1:28080 \
         --query-url http://127.0.0.1:28081 --rate "$sustained_rate" \
-        --seconds "$sustained_secs" | tee /dev/stderr)
+        --seconds "$sustained_secs" | tee -a /dev/stderr)
     kill "$sampler" 2>/dev/null || true
     wait "$sampler" 2>/dev/null || true
     lag=$(sort -n "$out/lag-$storage.txt" | tail -n1)
@@ -175,7 +175,7 @@ measure() { # STORAGE
     echo "== catch-up: $backlog events"
     "$NISSHI_BIN" topic create bench.catchup --partitions 6 --broker tcp://127.0.0.1:29092 >/dev/null
     line=$("$bin"/bench catch-up --brokers 127.0.0.1:29092 --topic bench.catchup \
-        --events "$backlog" --read-database-url "$POSTGRES_URL/bench_all_catchup" | tee /dev/stderr)
+        --events "$backlog" --read-database-url "$POSTGRES_URL/bench_all_catchup" | tee -a /dev/stderr)
     record "$storage" raw_consume "$(sed -nE 's/.*raw rdkafka consume: .*\(([0-9]+) messages\/s\).*/\1/p' <<<"$line")"
     record "$storage" catch_up "$(sed -nE 's/.*projector catch-up: .*\(([0-9]+) events\/s.*/\1/p' <<<"$line")"
     stop_stack
