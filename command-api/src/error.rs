@@ -196,6 +196,17 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+/// A failure shared by every command of one group commit (`group_commit`). The variants own
+/// their source, so each command gets the failure's message as its own copy.
+impl From<std::sync::Arc<sqlx::Error>> for ApiError {
+    fn from(error: std::sync::Arc<sqlx::Error>) -> Self {
+        match transient(&error) {
+            Some(variant) => variant(sqlx::Error::Protocol(error.to_string())),
+            None => ApiError::Internal(anyhow::anyhow!("writing a group of commands: {error}")),
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {

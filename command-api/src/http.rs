@@ -49,7 +49,11 @@ pub fn app(state: AppState) -> Router {
 pub fn app_with_limits(state: AppState, limits: Limits) -> Router {
     metrics::register();
     let shared = Shared {
-        service: CommandService::new(state.pool, limits.idempotency_ttl),
+        service: CommandService::with_group_commit(
+            state.pool,
+            limits.idempotency_ttl,
+            limits.group_commit_writers,
+        ),
         tokens: state.tokens,
     };
     let (routes, spec) = routes(&limits);

@@ -20,6 +20,9 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_ttl: Duration,
+    /// Group-commit statements in progress at once; 0 gives each command a transaction of
+    /// its own (`group_commit`).
+    pub group_commit_writers: usize,
 }
 
 impl Default for Limits {
@@ -28,6 +31,7 @@ impl Default for Limits {
             max_in_flight: 64,
             request_timeout: Duration::from_secs(10),
             idempotency_ttl: Duration::from_secs(24 * 60 * 60),
+            group_commit_writers: crate::service::DEFAULT_GROUP_COMMIT_WRITERS,
         }
     }
 }

@@ -17,6 +17,10 @@ pub const COMMANDS: &str = "command_api_commands_total";
 /// Time from the request to its answer, by `command` and `outcome`.
 pub const COMMAND_DURATION: &str = "command_api_command_duration_seconds";
 
+/// Events written by one group-commit statement (`group_commit`): 1 when commands come one
+/// at a time, larger as they crowd.
+pub const GROUP_SIZE: &str = "command_api_group_commit_events";
+
 /// The command of each command route, by route template: the `command` label's values.
 const COMMAND_ROUTES: [(&str, &str); 5] = [
     ("/deliveries", "create"),
@@ -107,6 +111,10 @@ pub fn register() {
         metrics::Unit::Seconds,
         "Time from a command request to its answer, by command and outcome"
     );
+    metrics::describe_histogram!(
+        GROUP_SIZE,
+        "Events written together by one group-commit statement (one transaction, one WAL flush)"
+    );
     for (_, command) in COMMAND_ROUTES {
         for outcome in CommandOutcome::ALL {
             metrics::counter!(COMMANDS, "command" => command, "outcome" => outcome.label())
@@ -135,4 +143,9 @@ pub(crate) async fn measure(route: MatchedPath, request: Request, next: Next) ->
     metrics::counter!(COMMANDS, &labels).increment(1);
     metrics::histogram!(COMMAND_DURATION, &labels).record(started.elapsed());
     response
+}
+
+/// One group-commit statement is about to write `events` events.
+pub(crate) fn group_written(events: usize) {
+    metrics::histogram!(GROUP_SIZE).record(events as f64);
 }

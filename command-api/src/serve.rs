@@ -58,6 +58,12 @@ pub struct ServeConfig {
     #[arg(long, env = "COMMAND_API_IDEMPOTENCY_CLEANUP_SECS", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub idempotency_cleanup_secs: u64,
+    /// Group-commit writers: statements in progress at once, each writing the events of every
+    /// command (without an Idempotency-Key) that queued while the one before it ran, in one
+    /// transaction. 0: each command commits in a transaction of its own.
+    #[arg(long, env = "COMMAND_API_GROUP_COMMIT_WRITERS", default_value_t = 4,
+          value_parser = clap::value_parser!(u64).range(0..=64))]
+    pub group_commit_writers: u64,
     /// Expired Idempotency-Keys deleted per statement by the cleanup.
     #[arg(long, env = "COMMAND_API_IDEMPOTENCY_CLEANUP_BATCH", default_value_t = 1000,
           value_parser = clap::value_parser!(i64).range(1..=100_000))]
@@ -80,6 +86,8 @@ impl ServeConfig {
                 .context("COMMAND_API_MAX_IN_FLIGHT is too large")?,
             request_timeout: Duration::from_millis(self.request_timeout_ms),
             idempotency_ttl: Duration::from_secs(self.idempotency_ttl_secs),
+            group_commit_writers: usize::try_from(self.group_commit_writers)
+                .context("COMMAND_API_GROUP_COMMIT_WRITERS is too large")?,
         })
     }
 }
@@ -171,6 +179,7 @@ mod tests {
         assert_eq!(limits.max_in_flight, 64);
         assert_eq!(limits.request_timeout, Duration::from_secs(10));
         assert_eq!(limits.idempotency_ttl, Duration::from_secs(86_400));
+        assert_eq!(limits.group_commit_writers, 4);
         assert_eq!(
             (cli.serve.acquire_timeout_ms, cli.serve.statement_timeout_ms),
             (2000, 5000)
@@ -188,6 +197,7 @@ mod tests {
             "COMMAND_API_IDEMPOTENCY_TTL_SECS",
             "COMMAND_API_IDEMPOTENCY_CLEANUP_SECS",
             "COMMAND_API_IDEMPOTENCY_CLEANUP_BATCH",
+            "COMMAND_API_GROUP_COMMIT_WRITERS",
         ] {
             assert!(help.contains(variable), "{variable} missing from --help");
         }

@@ -1,17 +1,21 @@
-//! The command service: one command, one transaction. Claim the idempotency key, load, decide,
-//! append, record the verdict under the key, commit.
+//! The command service. A command without an idempotency key loads and decides on a pooled
+//! connection, then hands its event to the group commit (`group_commit`), which writes it
+//! with those of concurrent commands in one statement. A command with a key runs in one
+//! transaction of its own: claim the key, load, decide, append, record the verdict under the
+//! key, commit; the claim is what makes its duplicates wait for it.
 //!
 //! It answers with an `Outcome` or an `ApiError`, never with an HTTP response: the handlers in
 //! `http` map those, and tests drive the service without HTTP (`tests/service.rs`).
 
 use crate::context::CommandContext;
 use crate::error::ApiError;
+use crate::group_commit::GroupCommit;
 use crate::idempotency::{Claim, Fingerprint, IdempotentRequest, StoredResponse};
-use crate::store::{self, Appended, Causation, StoreError};
+use crate::store::{self, Appended, Causation, Head, StoreError};
 use crate::wake::OutboxWake;
 use axum::http::StatusCode;
 use chrono::Utc;
-use domain::{Actor, Command, Delivery, DeliveryId};
+use domain::{Actor, Command, Delivery, DeliveryId, Event};
 use serde::Serialize;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use std::time::Duration;
@@ -25,7 +29,12 @@ pub struct CommandService {
     idempotency_ttl: Duration,
     /// Told after each commit that appended events, so the relay publishes them now.
     wake: OutboxWake,
+    /// Writes the events of commands without a key; `None`: each in its own transaction.
+    group: Option<GroupCommit>,
 }
+
+/// Group-commit writers of a `CommandService::new` (`serve` takes `--group-commit-writers`).
+pub const DEFAULT_GROUP_COMMIT_WRITERS: usize = 4;
 
 /// A command, and what the request's body says besides it.
 #[derive(Debug, Clone)]
@@ -115,18 +124,71 @@ enum Verdict {
     Refused(ApiError),
 }
 
+/// What a command decided against the history it loaded.
+enum Decision {
+    Refused(ApiError),
+    Append(Decided),
+}
+
+/// Events to append after `head`.
+struct Decided {
+    delivery_id: DeliveryId,
+    created: bool,
+    head: Head,
+    events: Vec<Event>,
+    expected_version: Option<i64>,
+}
+
+impl Decided {
+    /// The answer when `version` was taken by a writer that committed first: the command lost
+    /// a race, and a retry decides again on the new history.
+    fn lost_race(&self, version: i64) -> ApiError {
+        if self.created {
+            // Two creates of one id raced: the loser sees the delivery as already there.
+            ApiError::AlreadyExists
+        } else {
+            ApiError::VersionConflict {
+                expected: self.expected_version.unwrap_or(self.head.version),
+                actual: version,
+            }
+        }
+    }
+
+    fn accepted(&self, events: Vec<Appended>) -> Accepted {
+        Accepted {
+            delivery_id: self.delivery_id,
+            version: events.last().map_or(self.head.version, |a| a.version),
+            events,
+            created: self.created,
+        }
+    }
+}
+
 impl CommandService {
     pub fn new(pool: PgPool, idempotency_ttl: Duration) -> Self {
+        Self::with_group_commit(pool, idempotency_ttl, DEFAULT_GROUP_COMMIT_WRITERS)
+    }
+
+    /// With `writers` group-commit statements in progress at once; 0 writes every command in
+    /// a transaction of its own.
+    pub fn with_group_commit(pool: PgPool, idempotency_ttl: Duration, writers: usize) -> Self {
         Self {
             wake: OutboxWake::new(pool.clone()),
+            group: (writers > 0).then(|| GroupCommit::new(pool.clone(), writers)),
             pool,
             idempotency_ttl,
         }
     }
 
-    /// Runs a command in one transaction. Every `Err` before the commit rolls the transaction
-    /// back (the `?` drops it), the idempotency claim with it, so a retry runs the command
-    /// again; a refusal is an `Err` too, recorded first when the request has a key.
+    /// The group commit that writes commands without a key, unless it is off.
+    pub fn group_commit(&self) -> Option<&GroupCommit> {
+        self.group.as_ref()
+    }
+
+    /// Runs a command. Without a key, its event goes to the group commit; with one, it runs in
+    /// one transaction, and every `Err` before the commit rolls it back (the `?` drops it), the
+    /// idempotency claim with it, so a retry runs the command again; a refusal is an `Err`
+    /// too, recorded first under the key.
     pub async fn handle(
         &self,
         context: &CommandContext,
@@ -154,13 +216,17 @@ impl CommandService {
             correlation_id: context.correlation_id,
             causation_id: Uuid::now_v7(),
         };
+        let Some(idempotency) = idempotency else {
+            let accepted = self
+                .run_unkeyed(&context.actor, submission, expected_version, causation)
+                .await?;
+            self.wake.committed();
+            return Ok(Outcome::Accepted(accepted));
+        };
         let mut tx = self.pool.begin().await?;
-        if let Some(idempotency) = &idempotency
-            && let Claim::Recorded(stored) =
-                idempotency.claim(&mut tx, self.idempotency_ttl).await?
-        {
+        if let Claim::Recorded(stored) = idempotency.claim(&mut tx, self.idempotency_ttl).await? {
             end(tx).await;
-            return replay(idempotency, stored).map(Outcome::Replayed);
+            return replay(&idempotency, stored).map(Outcome::Replayed);
         }
         let verdict = decide_and_append(
             &mut tx,
@@ -170,18 +236,12 @@ impl CommandService {
             causation,
         )
         .await?;
-        match (&idempotency, &verdict) {
-            (Some(idempotency), verdict) => {
-                let (status, body) = match verdict {
-                    Verdict::Done(accepted) => (accepted.status(), accepted.body()),
-                    Verdict::Refused(refusal) => (refusal.status_code(), refusal.problem()),
-                };
-                idempotency.record(&mut tx, status.as_u16(), &body).await?;
-                tx.commit().await?;
-            }
-            (None, Verdict::Done(_)) => tx.commit().await?,
-            (None, Verdict::Refused(_)) => end(tx).await,
-        }
+        let (status, body) = match &verdict {
+            Verdict::Done(accepted) => (accepted.status(), accepted.body()),
+            Verdict::Refused(refusal) => (refusal.status_code(), refusal.problem()),
+        };
+        idempotency.record(&mut tx, status.as_u16(), &body).await?;
+        tx.commit().await?;
         match verdict {
             Verdict::Done(accepted) => {
                 self.wake.committed();
@@ -189,6 +249,56 @@ impl CommandService {
             }
             Verdict::Refused(refusal) => Err(refusal),
         }
+    }
+}
+
+impl CommandService {
+    /// A command without an idempotency key. With the group commit on, it is decided on a
+    /// pooled connection (no transaction: the unique version decides a race), then written
+    /// by the group commit. Otherwise, or for a command of several events (none today, and
+    /// it must be stored whole or not at all), it runs in a transaction of its own.
+    async fn run_unkeyed(
+        &self,
+        actor: &Actor,
+        submission: Submission,
+        expected_version: Option<i64>,
+        causation: Causation,
+    ) -> Result<Accepted, ApiError> {
+        let Some(group) = &self.group else {
+            let mut tx = self.pool.begin().await?;
+            let accepted = match decide(&mut tx, actor, submission, expected_version).await? {
+                Decision::Refused(refusal) => return Err(refusal),
+                Decision::Append(decided) => {
+                    decided.accepted(append(&mut tx, &decided, causation).await?)
+                }
+            };
+            tx.commit().await?;
+            return Ok(accepted);
+        };
+        let decision = {
+            let mut conn = self.pool.acquire().await?;
+            decide(&mut conn, actor, submission, expected_version).await?
+        };
+        let decided = match decision {
+            Decision::Refused(refusal) => return Err(refusal),
+            Decision::Append(decided) => decided,
+        };
+        let mut prepared = store::prepare(&decided.head, &decided.events, causation);
+        if prepared.len() == 1 {
+            let event = prepared.remove(0);
+            let mut appended = event.appended(0);
+            return match group.append(event).await? {
+                Some(position) => {
+                    appended.global_position = position;
+                    Ok(decided.accepted(vec![appended]))
+                }
+                None => Err(decided.lost_race(appended.version)),
+            };
+        }
+        let mut tx = self.pool.begin().await?;
+        let appended = append(&mut tx, &decided, causation).await?;
+        tx.commit().await?;
+        Ok(decided.accepted(appended))
     }
 }
 
@@ -211,20 +321,20 @@ async fn end(tx: Transaction<'_, Postgres>) {
     }
 }
 
-async fn decide_and_append(
-    tx: &mut PgConnection,
+/// Loads the delivery, checks the client's expected version, and lets the domain decide.
+async fn decide(
+    conn: &mut PgConnection,
     actor: &Actor,
     submission: Submission,
     expected_version: Option<i64>,
-    causation: Causation,
-) -> Result<Verdict, ApiError> {
+) -> Result<Decision, ApiError> {
     let Submission {
         delivery_id,
         command,
         ..
     } = submission;
     let created = matches!(command, Command::Create { .. });
-    let history = store::load(tx, delivery_id).await.map_err(store_error)?;
+    let history = store::load(conn, delivery_id).await.map_err(store_error)?;
     let facts = history
         .iter()
         .map(|envelope| envelope.decode())
@@ -234,39 +344,52 @@ async fn decide_and_append(
     if let Some(expected) = expected_version
         && expected != delivery.version
     {
-        return Ok(Verdict::Refused(ApiError::VersionConflict {
+        return Ok(Decision::Refused(ApiError::VersionConflict {
             expected,
             actual: delivery.version,
         }));
     }
-    let events = match delivery.decide(command, actor, Utc::now()) {
-        Ok(events) => events,
-        Err(refusal) => return Ok(Verdict::Refused(refusal.into())),
-    };
-    let head = store::Head::of(&history);
-    // A conflict here is a race lost to a writer that committed first: the transaction is
-    // aborted, nothing is recorded, and a retry decides again on the new history.
-    let appended = match store::append_after(tx, &head, &events, causation).await {
-        Ok(appended) => appended,
-        // Two creates of one id raced: the loser sees the delivery as already there.
-        Err(StoreError::VersionConflict { .. }) if created => {
-            return Err(ApiError::AlreadyExists);
+    match delivery.decide(command, actor, Utc::now()) {
+        Ok(events) => Ok(Decision::Append(Decided {
+            delivery_id,
+            created,
+            head: Head::of(&history),
+            events,
+            expected_version,
+        })),
+        Err(refusal) => Ok(Decision::Refused(refusal.into())),
+    }
+}
+
+/// Appends a decision's events in the caller's transaction. A conflict aborts it: the caller
+/// rolls back.
+async fn append(
+    tx: &mut PgConnection,
+    decided: &Decided,
+    causation: Causation,
+) -> Result<Vec<Appended>, ApiError> {
+    match store::append_after(tx, &decided.head, &decided.events, causation).await {
+        Ok(appended) => Ok(appended),
+        Err(StoreError::VersionConflict { version }) => Err(decided.lost_race(version)),
+        Err(e) => Err(store_error(e)),
+    }
+}
+
+/// `decide`, then `append` in the same transaction: the verdict an idempotency key records.
+async fn decide_and_append(
+    tx: &mut PgConnection,
+    actor: &Actor,
+    submission: Submission,
+    expected_version: Option<i64>,
+    causation: Causation,
+) -> Result<Verdict, ApiError> {
+    match decide(tx, actor, submission, expected_version).await? {
+        Decision::Refused(refusal) => Ok(Verdict::Refused(refusal)),
+        Decision::Append(decided) => {
+            let appended = append(tx, &decided, causation).await?;
+            Ok(Verdict::Done(decided.accepted(appended)))
         }
-        Err(StoreError::VersionConflict { version }) => {
-            return Err(ApiError::VersionConflict {
-                expected: expected_version.unwrap_or(delivery.version),
-                actual: version,
-            });
-        }
-        Err(e) => return Err(store_error(e)),
-    };
-    let version = appended.last().map_or(delivery.version, |a| a.version);
-    Ok(Verdict::Done(Accepted {
-        delivery_id,
-        version,
-        events: appended,
-        created,
-    }))
+    }
 }
 
 /// The recorded verdict, if this is the same request; `idempotency-key-reused` otherwise.

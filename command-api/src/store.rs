@@ -105,14 +105,64 @@ pub async fn append(
 
 /// Appends `events` as versions `head.version + 1 ...`, each hashed onto the one before,
 /// starting from `head.hash`. A concurrent writer that took one of those versions makes this
-/// fail with `VersionConflict`; the caller rolls back.
+/// fail with `VersionConflict`; the caller rolls back (a command of several events may have
+/// written some of them).
 pub async fn append_after(
     conn: &mut PgConnection,
     head: &Head,
     events: &[Event],
     causation: Causation,
 ) -> Result<Vec<Appended>, StoreError> {
-    let mut appended = Vec::with_capacity(events.len());
+    let prepared = prepare(head, events, causation);
+    let positions = write(conn, &prepared).await?;
+    prepared
+        .iter()
+        .zip(positions)
+        .map(|(event, position)| match position {
+            Some(global_position) => Ok(event.appended(global_position)),
+            None => Err(StoreError::VersionConflict {
+                version: event.version,
+            }),
+        })
+        .collect()
+}
+
+/// An event sealed for the store: its version, its link in the hash chain, the envelope the
+/// outbox publishes and its Kafka headers. Built without IO, written by `write`.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub event_id: Uuid,
+    pub delivery_id: Uuid,
+    pub version: i64,
+    pub event_type: &'static str,
+    payload: serde_json::Value,
+    metadata: serde_json::Value,
+    occurred_at: DateTime<Utc>,
+    /// The envelope as published, without `recorded_at` (the statement adds the store's).
+    envelope: serde_json::Value,
+    headers: serde_json::Value,
+    hash: String,
+}
+
+impl Prepared {
+    pub fn appended(&self, global_position: i64) -> Appended {
+        Appended {
+            event_id: self.event_id,
+            event_type: self.event_type,
+            version: self.version,
+            global_position,
+        }
+    }
+}
+
+/// Seals `events` as versions `head.version + 1 ...`, each hashed onto the one before,
+/// starting from `head.hash`.
+#[expect(
+    clippy::unwrap_used,
+    reason = "an envelope and its metadata are strings, numbers and JSON values: they always serialize"
+)]
+pub fn prepare(head: &Head, events: &[Event], causation: Causation) -> Vec<Prepared> {
+    let mut prepared = Vec::with_capacity(events.len());
     let mut previous = head.hash.clone();
     for (version, event) in (head.version + 1..).zip(events) {
         let event_id = Uuid::now_v7();
@@ -144,61 +194,92 @@ pub async fn append_after(
             "causation_id": causation.causation_id.to_string(),
             "actor": format!("{}:{}", event.actor.role, event.actor.id),
         });
-        // One statement per event writes the event and its outbox record; both commit or
-        // neither. The outbox payload is the envelope the event store now holds, `recorded_at`
-        // included.
-        //
-        // `recorded_at` is the database clock when the row is written (`clock_timestamp()`,
-        // not the transaction's start time `now()`, which comes before the command read its
-        // clock), and never earlier than `occurred_at`: should the command API's clock run
-        // ahead of the database's, the event counts as recorded the moment it happened. An
-        // auditor never sees an event recorded before it happened.
-        let result = sqlx::query_scalar!(
-            r#"
-            with stored as (
-                insert into events
-                    (event_id, delivery_id, version, event_type, schema_version, payload,
-                     metadata, occurred_at, recorded_at, hash)
-                values ($1, $2, $3, $4, $5, $6, $7, $8, greatest(clock_timestamp(), $8), $11)
-                returning global_position, recorded_at
-            ), announced as (
-                insert into outbox (id, aggregatetype, aggregateid, type, payload, headers)
-                select $1, 'delivery', $2::text, $4,
-                       $9::jsonb || jsonb_build_object('recorded_at', stored.recorded_at),
-                       $10::jsonb || jsonb_build_object('recorded_at', stored.recorded_at::text)
-                from stored
-            )
-            select global_position as "global_position!" from stored"#,
+        prepared.push(Prepared {
             event_id,
-            event.delivery_id.as_uuid(),
+            delivery_id: event.delivery_id.as_uuid(),
             version,
             event_type,
-            SCHEMA_VERSION,
-            &envelope.data,
-            sqlx::types::Json(envelope.metadata()) as _,
-            envelope.occurred_at,
-            sqlx::types::Json(&envelope) as _,
-            &headers,
-            &hash,
-        )
-        .fetch_one(&mut *conn)
-        .await;
-        let global_position = match result {
-            Ok(position) => position,
-            Err(sqlx::Error::Database(e))
-                if e.constraint() == Some("events_delivery_version_key") =>
-            {
-                return Err(StoreError::VersionConflict { version });
-            }
-            Err(e) => return Err(e.into()),
-        };
-        appended.push(Appended {
-            event_id,
-            event_type,
-            version,
-            global_position,
+            metadata: serde_json::to_value(envelope.metadata()).unwrap(),
+            occurred_at: envelope.occurred_at,
+            envelope: serde_json::to_value(&envelope).unwrap(),
+            payload: envelope.data,
+            headers,
+            hash: hash.clone(),
         });
         previous = Some(hash);
     }
-    Ok(appended)
+    prepared
+}
+
+/// Writes `events` and their outbox records in one statement: one transaction of its own
+/// outside a transaction, and one WAL flush for all of them (group commit), or a part of the
+/// caller's. Returns each event's global position, or `None` where its version was already
+/// taken: by a writer that committed first, or by an earlier event of `events` itself (two
+/// commands that decided from the same version). A version taken by a writer still in
+/// progress makes the statement wait for it, like any unique key.
+pub async fn write(
+    conn: &mut PgConnection,
+    events: &[Prepared],
+) -> Result<Vec<Option<i64>>, sqlx::Error> {
+    let column = |f: fn(&Prepared) -> serde_json::Value| events.iter().map(f).collect::<Vec<_>>();
+    let event_ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let delivery_ids: Vec<Uuid> = events.iter().map(|e| e.delivery_id).collect();
+    let versions: Vec<i64> = events.iter().map(|e| e.version).collect();
+    let types: Vec<String> = events.iter().map(|e| e.event_type.to_owned()).collect();
+    let occurred: Vec<DateTime<Utc>> = events.iter().map(|e| e.occurred_at).collect();
+    let hashes: Vec<String> = events.iter().map(|e| e.hash.clone()).collect();
+    // `recorded_at` is the database clock when the row is written (`clock_timestamp()`, not
+    // the transaction's start time `now()`, which comes before the command read its clock),
+    // and never earlier than `occurred_at`: should the command API's clock run ahead of the
+    // database's, the event counts as recorded the moment it happened. An auditor never sees
+    // an event recorded before it happened. The outbox payload is the envelope the event
+    // store now holds, `recorded_at` included; its records follow the events' versions.
+    let stored = sqlx::query!(
+        r#"
+        with input as (
+            select * from unnest($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::jsonb[],
+                                 $6::jsonb[], $7::timestamptz[], $8::jsonb[], $9::jsonb[],
+                                 $10::text[])
+                as t(event_id, delivery_id, version, event_type, payload, metadata,
+                     occurred_at, envelope, headers, hash)
+        ), stored as (
+            insert into events
+                (event_id, delivery_id, version, event_type, schema_version, payload,
+                 metadata, occurred_at, recorded_at, hash)
+            select event_id, delivery_id, version, event_type, $11, payload, metadata,
+                   occurred_at, greatest(clock_timestamp(), occurred_at), hash
+            from input
+            on conflict on constraint events_delivery_version_key do nothing
+            returning event_id, global_position, recorded_at
+        ), announced as (
+            insert into outbox (id, aggregatetype, aggregateid, type, payload, headers)
+            select stored.event_id, 'delivery', input.delivery_id::text, input.event_type,
+                   input.envelope || jsonb_build_object('recorded_at', stored.recorded_at),
+                   input.headers || jsonb_build_object('recorded_at', stored.recorded_at::text)
+            from stored join input using (event_id)
+            order by input.delivery_id, input.version
+        )
+        select event_id as "event_id!", global_position as "global_position!" from stored"#,
+        &event_ids,
+        &delivery_ids,
+        &versions,
+        &types,
+        &column(|e| e.payload.clone()),
+        &column(|e| e.metadata.clone()),
+        &occurred,
+        &column(|e| e.envelope.clone()),
+        &column(|e| e.headers.clone()),
+        &hashes,
+        SCHEMA_VERSION,
+    )
+    .fetch_all(conn)
+    .await?;
+    let positions: std::collections::HashMap<Uuid, i64> = stored
+        .into_iter()
+        .map(|row| (row.event_id, row.global_position))
+        .collect();
+    Ok(event_ids
+        .iter()
+        .map(|id| positions.get(id).copied())
+        .collect())
 }
