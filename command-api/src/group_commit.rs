@@ -65,32 +65,57 @@ impl GroupCommit {
 
     /// Commands queued for a writer now (monitoring, tests).
     pub fn queued(&self) -> usize {
-        self.queue
-            .get()
-            .map_or(0, |queue| queue.max_capacity() - queue.capacity())
+        self.queue.get().map_or(0, queued)
     }
 
     fn start(&self) -> mpsc::Sender<Pending> {
         let (sender, receiver) = mpsc::channel(QUEUE);
         let receiver = Arc::new(Mutex::new(receiver));
         for _ in 0..self.writers {
-            tokio::spawn(write_groups(self.pool.clone(), receiver.clone()));
+            tokio::spawn(write_groups(
+                self.pool.clone(),
+                receiver.clone(),
+                // Weak, so that the writers end when the last handle is dropped.
+                sender.downgrade(),
+            ));
         }
         sender
     }
 }
 
+fn queued(sender: &mpsc::Sender<Pending>) -> usize {
+    sender.max_capacity() - sender.capacity()
+}
+
+fn waiting(sender: &mpsc::WeakSender<Pending>) -> usize {
+    sender.upgrade().as_ref().map_or(0, queued)
+}
+
 /// One writer: takes the next group off the queue, writes it, answers each command. The
 /// queue's lock is held only while gathering, so the other writers gather while this one
-/// writes. The writer keeps its connection between groups (a pooled acquire checks the
-/// connection with a round trip of its own) and gives it up after a failure, so that the
-/// next group gets a checked one: after a database restart, a new one.
-async fn write_groups(pool: PgPool, queue: Arc<Mutex<mpsc::Receiver<Pending>>>) {
+/// writes. Under load the writer keeps its connection from one group to the next (a pooled
+/// acquire checks the connection with a round trip of its own); it gives the connection
+/// back as soon as the queue is empty, so that an idle writer never starves the commands'
+/// own loads of the pool (nor keeps the pool from closing), and after a failure, so that
+/// the next group gets a checked one: after a database restart, a new one.
+async fn write_groups(
+    pool: PgPool,
+    queue: Arc<Mutex<mpsc::Receiver<Pending>>>,
+    sender: mpsc::WeakSender<Pending>,
+) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     let mut held: Option<PoolConnection<Postgres>> = None;
     loop {
         {
+            // Another writer may be waiting on the queue: give the connection back before
+            // waiting behind it, unless there is work it will hand on at once.
+            if waiting(&sender) == 0 {
+                held = None;
+            }
             let mut queue = queue.lock().await;
+            if queue.is_empty() {
+                held = None;
+            }
             if queue.recv_many(&mut group, MAX_GROUP).await == 0 {
                 return;
             }

@@ -251,3 +251,33 @@ async fn a_failed_statement_fails_every_command_of_its_group_and_writes_nothing(
             .expect("counts");
     assert_eq!(written, (0, 0));
 }
+
+#[sqlx::test(migrator = "migrations::WRITE")]
+async fn an_idle_writer_gives_its_connection_back_to_the_pool(
+    pool_options: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    // One connection for everything: the commands' loads and the writers' statements.
+    let pool = pool_options
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(connect)
+        .await
+        .expect("pool");
+    let service = CommandService::with_group_commit(pool.clone(), Duration::from_secs(60), 4);
+    for _ in 0..3 {
+        service
+            .handle(&dispatcher(), create(new_delivery()))
+            .await
+            .expect("a writer holding the one connection would starve this command's load");
+    }
+    eventually("the writer's connection is back in the pool", || async {
+        pool.num_idle() == pool.size() as usize
+    })
+    .await;
+    let returned = tokio::time::timeout(Duration::from_secs(30), pool.close()).await;
+    assert!(
+        returned.is_ok(),
+        "the pool closes: no writer holds a connection"
+    );
+}

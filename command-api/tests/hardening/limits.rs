@@ -26,9 +26,11 @@ async fn a_command_beyond_the_in_flight_bound_is_shed_at_once(pool: PgPool) {
     };
     let app = test_app(pool.clone(), limits);
     let lock = hold_appends(&pool).await;
-    let held: Vec<_> = [DELIVERY, OTHER_DELIVERY]
+    // With keys, so that each command waits for the lock in its own transaction (without,
+    // one group commit may write both, and only one statement would wait).
+    let held: Vec<_> = [(DELIVERY, "held-1"), (OTHER_DELIVERY, "held-2")]
         .into_iter()
-        .map(|id| {
+        .map(|(id, key)| {
             let app = app.clone();
             tokio::spawn(async move {
                 send(
@@ -36,7 +38,7 @@ async fn a_command_beyond_the_in_flight_bound_is_shed_at_once(pool: PgPool) {
                     "/deliveries",
                     DISPATCHER,
                     Some(&create_body(Some(id))),
-                    &[],
+                    &[("idempotency-key", key)],
                 )
                 .await
             })
