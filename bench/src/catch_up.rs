@@ -39,6 +39,9 @@ pub struct Config {
     /// Messages applied per read-database transaction.
     #[arg(long, default_value_t = 2000)]
     pub(crate) batch_size: usize,
+    /// Batch transactions at once, as `projector run --lanes` (its default, 2).
+    #[arg(long, default_value_t = 2)]
+    pub(crate) lanes: usize,
     /// A librdkafka setting over the projector's own, KEY=VALUE (repeatable), as
     /// `projector run --consumer-setting` takes it.
     #[arg(long = "consumer-setting", value_parser = ConsumerSettings::parse_one)]
@@ -82,7 +85,7 @@ pub(crate) async fn project(
     events: u64,
 ) -> anyhow::Result<(f64, u64)> {
     let pool = PgPoolOptions::new()
-        .max_connections(4)
+        .max_connections(u32::try_from(config.lanes).unwrap_or(16).clamp(1, 16) + 2)
         .connect(&config.read_database_url)
         .await
         .context("connecting to the bench read database")?;
@@ -95,6 +98,7 @@ pub(crate) async fn project(
         topic: config.topic.clone(),
         group: group.to_owned(),
         batch_size: config.batch_size,
+        lanes: config.lanes,
     };
     let started = Instant::now();
     let running = tokio::spawn(projector::run(

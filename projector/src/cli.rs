@@ -122,6 +122,11 @@ pub struct RunArgs {
     /// Most messages applied in one read-database transaction.
     #[arg(long, env = "PROJECTOR_BATCH_SIZE", default_value_t = 2000)]
     batch_size: usize,
+    /// Batch transactions applied at once, each on partitions of its own (and a connection):
+    /// a delivery's events stay in order, other partitions' deliveries apply beside them.
+    #[arg(long, env = "PROJECTOR_LANES", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=16))]
+    lanes: u16,
     /// Address of the projector's HTTP listener: GET /metrics (Prometheus) and GET /health.
     #[arg(long, env = "PROJECTOR_HTTP_LISTEN", default_value = "127.0.0.1:8083")]
     http_listen: SocketAddr,
@@ -165,6 +170,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // A rebuild holds one connection per lane, one for its lock and one for the switch.
     let connections = match &cli.command {
         Cmd::Rebuild(args) => args.lanes.clamp(1, 16) as u32 + 3,
+        // One per lane, one for the metrics' watcher and one to spare.
+        Cmd::Run(args) => u32::from(args.lanes) + 2,
         _ => 4,
     };
     let options = PgPoolOptions::new().max_connections(connections);
@@ -189,6 +196,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 topic: args.kafka.topic,
                 group: args.group,
                 batch_size: args.batch_size.max(1),
+                lanes: usize::from(args.lanes),
             };
             platform::service::metrics::serve_operations(
                 args.http_listen,

@@ -5,10 +5,12 @@ use crate::batch::{self, Applied, Destination, Subscription};
 use crate::catalog::Catalog;
 use crate::failure::apply_with_retry;
 use crate::kafka::{self, ConsumerSettings, Purpose};
+use crate::lanes::{self, Lanes};
 use crate::monitor;
 use crate::offsets::{self, OffsetsAhead};
 use crate::plan::Incoming;
-use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -22,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 #[derive(Debug, Clone)]
 pub struct ProjectorConfig {
@@ -32,6 +35,8 @@ pub struct ProjectorConfig {
     pub group: String,
     /// Most messages applied in one transaction.
     pub batch_size: usize,
+    /// Batch transactions running at once, each on partitions of its own (`lanes`).
+    pub lanes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +45,10 @@ pub enum ProjectorError {
     Kafka(#[from] KafkaError),
     #[error(transparent)]
     OffsetsAhead(#[from] OffsetsAhead),
+    /// A batch's task died: its messages are not applied while later ones of its partitions
+    /// could be, so the projector stops rather than leave a hole behind its offsets.
+    #[error("a projector lane failed: {0}")]
+    Lane(String),
 }
 
 /// Running totals, readable while the projector runs (benchmarks, logs).
@@ -219,41 +228,127 @@ pub async fn run_with(
     consumer.subscribe(&[&config.topic])?;
     tracing::info!(topic = %config.topic, group = %config.group, "projector consuming");
 
-    let mut batches = consumer.stream().ready_chunks(config.batch_size);
-    loop {
-        let refused = consumer.context().stop.clone();
-        let chunk = tokio::select! {
-            () = shutdown.cancelled() => break,
+    let mut stream = consumer.stream();
+    let mut lanes = Lanes::new(config.lanes, config.batch_size);
+    let mut running = FuturesUnordered::new();
+    let lane = Lane {
+        pool,
+        destination,
+        subscription,
+        shutdown: shutdown.clone(),
+    };
+    let refused = consumer.context().stop.clone();
+    let outcome = loop {
+        for batch in lanes.launch() {
+            running.push(AbortOnDropHandle::new(tokio::spawn(
+                lane.clone().apply(batch),
+            )));
+        }
+        let woke = tokio::select! {
+            () = shutdown.cancelled() => break Ok(()),
             () = refused.cancelled() => {
                 let refusal = consumer.context().refused.lock().ok().and_then(|mut r| r.take());
-                if let Some(refusal) = refusal {
-                    return Err(refusal.into());
+                match refusal {
+                    Some(refusal) => break Err(refusal.into()),
+                    None => break Ok(()),
                 }
-                break;
             }
-            chunk = batches.next() => chunk,
+            Some(done) = running.next(), if lanes.running() > 0 => Woke::Ended(done),
+            message = stream.next(), if lanes.wants_more() => {
+                Woke::Read(message.map(|read| read.map(|m| incoming(&m))))
+            }
         };
-        let Some(chunk) = chunk else { break };
-        let mut messages = Vec::with_capacity(chunk.len());
-        for result in chunk {
-            match result {
-                Ok(message) => messages.push(incoming(&message)),
-                Err(error) => tracing::warn!(%error, "consumer error"),
+        match woke {
+            Woke::Ended(done) => {
+                if let Err(error) = ended(&mut lanes, &consumer, &config.topic, &progress, done) {
+                    break Err(error);
+                }
+            }
+            Woke::Read(None) => break Ok(()),
+            Woke::Read(Some(message)) => read(&mut lanes, message),
+        }
+        // Whatever else is ready, without waiting: a fetch's worth of messages at once.
+        while lanes.wants_more() {
+            match stream.next().now_or_never() {
+                Some(Some(message)) => read(&mut lanes, message.map(|m| incoming(&m))),
+                _ => break,
             }
         }
-        if messages.is_empty() {
-            continue;
-        }
+    };
+    // The batches being written still commit (or give up on shutdown between retries); only
+    // what was read and not started is abandoned, to be read again from the stored offsets.
+    drop(stream);
+    while let Some(done) = running.next().await {
+        ended(&mut lanes, &consumer, &config.topic, &progress, done)?;
+    }
+    outcome
+}
+
+enum Woke {
+    Ended(Result<Ended, tokio::task::JoinError>),
+    Read(Option<Result<Incoming, KafkaError>>),
+}
+
+fn read(lanes: &mut Lanes, message: Result<Incoming, KafkaError>) {
+    match message {
+        Ok(message) => lanes.take(message),
+        Err(error) => tracing::warn!(%error, "consumer error"),
+    }
+}
+
+/// What one lane needs to apply a batch.
+#[derive(Clone)]
+struct Lane {
+    pool: PgPool,
+    destination: Destination,
+    subscription: Subscription,
+    shutdown: CancellationToken,
+}
+
+/// A batch that ended: where its partitions go on from, and what it applied (`None`: shut
+/// down before it committed).
+struct Ended {
+    next: BTreeMap<i32, i64>,
+    messages: usize,
+    took: Duration,
+    applied: Option<Applied>,
+}
+
+impl Lane {
+    async fn apply(self, batch: Vec<Incoming>) -> Ended {
         let started = Instant::now();
-        let Some(applied) =
-            apply_with_retry(&pool, &destination, &subscription, &messages, &shutdown).await
-        else {
-            break;
-        };
-        monitor::batch_applied(messages.len(), started.elapsed(), &applied);
+        let applied = apply_with_retry(
+            &self.pool,
+            &self.destination,
+            &self.subscription,
+            &batch,
+            &self.shutdown,
+        )
+        .await;
+        Ended {
+            next: lanes::next_offsets(&batch),
+            messages: batch.len(),
+            took: started.elapsed(),
+            applied,
+        }
+    }
+}
+
+/// Frees an ended batch's partitions and, once it committed, counts it and tells the broker.
+fn ended(
+    lanes: &mut Lanes,
+    consumer: &StreamConsumer<StoredOffsets>,
+    topic: &str,
+    progress: &Progress,
+    done: Result<Ended, tokio::task::JoinError>,
+) -> Result<(), ProjectorError> {
+    let done = done.map_err(|error| ProjectorError::Lane(error.to_string()))?;
+    lanes.finished(done.next.keys().copied());
+    if let Some(applied) = done.applied {
+        monitor::batch_applied(done.messages, done.took, &applied);
         progress.add(&applied);
         tracing::debug!(?applied, "batch applied");
-        commit_to_broker(&consumer, &config.topic, &messages);
+        commit_to_broker(consumer, topic, &done.next);
     }
     Ok(())
 }
@@ -270,14 +365,13 @@ pub(crate) fn incoming(message: &impl Message) -> Incoming {
 
 /// Tells the broker how far the group got, after the read database committed it. Only a
 /// courtesy for lag monitoring: the stored offsets decide where a partition starts.
-fn commit_to_broker(consumer: &StreamConsumer<StoredOffsets>, topic: &str, messages: &[Incoming]) {
-    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-    for message in messages {
-        let entry = next.entry(message.partition).or_default();
-        *entry = (*entry).max(message.offset + 1);
-    }
+fn commit_to_broker(
+    consumer: &StreamConsumer<StoredOffsets>,
+    topic: &str,
+    next: &BTreeMap<i32, i64>,
+) {
     let mut list = TopicPartitionList::new();
-    for (partition, offset) in next {
+    for (&partition, &offset) in next {
         if list
             .add_partition_offset(topic, partition, Offset::Offset(offset))
             .is_err()

@@ -1,7 +1,8 @@
 //! The projector: a Kafka consumer group member that builds the query tables in the read
 //! database from `delivery.events`.
 //!
-//! Layers: `consumer` (Kafka: batches, rebalances, broker commits) -> `batch` (one transaction
+//! Layers: `consumer` (Kafka: reading, rebalances, broker commits; `lanes` schedules its batch
+//! transactions, several at once on partitions of their own) -> `batch` (one transaction
 //! per batch: partition lock, stored-offset filter, writes, offsets, NOTIFY) -> `plan` (pure:
 //! which writes a batch causes, folded with the domain's own `evolve`) -> `projection` (each
 //! projection's tables, DDL and writers: live upserts, and the replay's bulk loads via `copy`).
@@ -23,6 +24,7 @@ pub mod copy;
 pub mod dlq;
 pub mod failure;
 mod kafka;
+mod lanes;
 pub mod monitor;
 pub mod offsets;
 pub mod plan;

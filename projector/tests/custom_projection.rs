@@ -190,6 +190,7 @@ async fn a_projection_defined_outside_the_crate_is_rebuilt_and_then_kept_live(po
             topic: TOPIC.into(),
             group: LIVE_GROUP.into(),
             batch_size: 50,
+            lanes: 2,
         },
         Arc::new(Progress::default()),
         shutdown.clone(),

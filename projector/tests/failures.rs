@@ -57,6 +57,7 @@ impl Setup {
             topic: TOPIC.into(),
             group: GROUP.into(),
             batch_size: 50,
+            lanes: 2,
         };
         let task = tokio::spawn(projector::run(
             self.pool.clone(),

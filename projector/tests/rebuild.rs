@@ -102,6 +102,7 @@ impl Setup {
             topic: TOPIC.into(),
             group: LIVE_GROUP.into(),
             batch_size: 50,
+            lanes: 2,
         };
         let task = tokio::spawn(projector::run(
             self.pool.clone(),

@@ -113,8 +113,8 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Sends one message and waits until the broker has it.
-    pub async fn send<K: ToBytes + ?Sized>(&self, key: &K, payload: &[u8]) {
+    /// Sends one message and waits until the broker has it; returns its partition.
+    pub async fn send<K: ToBytes + ?Sized>(&self, key: &K, payload: &[u8]) -> i32 {
         self.producer
             .send(
                 FutureRecord::to(&self.topic).key(key).payload(payload),
@@ -122,7 +122,8 @@ impl Publisher {
             )
             .await
             .map_err(|(error, _)| error)
-            .expect("published");
+            .expect("published")
+            .partition
     }
 
     /// Publishes `events` as the relay does: each envelope as JSON, keyed by its delivery id.
@@ -131,5 +132,11 @@ impl Publisher {
             self.send(&event.delivery_id.to_string(), &event.to_json())
                 .await;
         }
+    }
+
+    /// Publishes one envelope as the relay does; returns the partition its key chose.
+    pub async fn publish_one(&self, event: &EventEnvelope) -> i32 {
+        self.send(&event.delivery_id.to_string(), &event.to_json())
+            .await
     }
 }

@@ -164,6 +164,7 @@ impl TestStack {
             topic: TOPIC.into(),
             group: crate::PROJECTOR_GROUP.into(),
             batch_size: 50,
+            lanes: 2,
         };
         let progress = self.progress.clone();
         self.projectors.push(Part::spawn(|shutdown| async move {

@@ -35,6 +35,19 @@ impl Projection for Counts {
         batch: &PlannedBatch<'_>,
     ) -> Result<(), sqlx::Error> {
         let plan = batch.plan;
+        if plan.rider_changes.is_empty() && plan.status_changes.is_empty() {
+            return Ok(());
+        }
+        // Batches of other lanes, and of other instances, update these same few rows at once,
+        // each in whatever order its plan joins them: two could each hold a row the other
+        // waits for. One lock per schema (the live tables, or a rebuild's) orders them. It is
+        // the last lock a batch takes (the offsets after it are its own partitions'), so it
+        // is held only from here to the commit.
+        sqlx::query!(
+            "select pg_advisory_xact_lock(hashtextextended('counts/' || current_schema(), 0))"
+        )
+        .execute(&mut *conn)
+        .await?;
         if !plan.rider_changes.is_empty() {
             let mut riders = Vec::new();
             let mut active = Vec::new();
