@@ -208,12 +208,8 @@ impl Replay {
                     let applied =
                         apply_with_retry(&pool, &destination, &subscription, &batch, &shutdown)
                             .await;
-                    let mut next = Offsets::new();
-                    for message in &batch {
-                        next.insert(message.partition, message.offset + 1);
-                    }
                     LaneDone {
-                        next,
+                        next: crate::lanes::next_offsets(&batch),
                         messages: batch.len(),
                         applied,
                     }
