@@ -45,6 +45,13 @@ struct RelayArgs {
     /// Fallback polling interval in milliseconds, for when a notification is missed.
     #[arg(long, env = "RELAY_POLL_MS", default_value_t = 1000)]
     poll_ms: u64,
+    /// A librdkafka producer property, KEY=VALUE, set over the relay's own (repeat it, or give
+    /// several comma separated in the variable): TLS and SASL for a real cluster
+    /// (security.protocol, sasl.mechanism, ...), or batching (linger.ms). Idempotence, acks
+    /// and the partitioner are the relay's guarantees and cannot be set.
+    #[arg(long = "producer-setting", env = "KAFKA_PRODUCER_SETTINGS", value_delimiter = ',',
+          value_parser = platform::service::key_value, hide_env_values = true)]
+    producer_settings: Vec<(String, String)>,
     /// Address of the relay's HTTP listener: GET /metrics (Prometheus) and GET /health.
     #[arg(long, env = "RELAY_HTTP_LISTEN", default_value = "127.0.0.1:8082")]
     http_listen: SocketAddr,
@@ -69,7 +76,10 @@ async fn main() -> anyhow::Result<()> {
                 .max_connections(4)
                 .connect_lazy(&cli.database_url)
                 .context("parsing the write database URL (WRITE_DATABASE_URL)")?;
-            let producers = relay::ProducerSettings::new(&args.brokers);
+            let producers = relay::ProducerSettings::new(&args.brokers)
+                .with_operator_settings(&args.producer_settings)
+                .map_err(anyhow::Error::msg)
+                .context("KAFKA_PRODUCER_SETTINGS")?;
             // On Ctrl-C or SIGTERM the relay stops reading; what it sent is still confirmed.
             let shutdown = platform::service::cancel_on_shutdown();
             let config = RelayConfig {

@@ -10,6 +10,17 @@ use std::net::SocketAddr;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+/// One `KEY=VALUE` client property as a command line gives it (`--consumer-setting`,
+/// `--producer-setting`): the key trimmed, the value kept whole (it may contain `=`).
+pub fn key_value(setting: &str) -> Result<(String, String), String> {
+    match setting.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!("expected KEY=VALUE, got {setting:?}")),
+    }
+}
+
 /// How a binary logs: which events (`RUST_LOG`, with a default) and where to.
 pub struct Tracing {
     filter: EnvFilter,
