@@ -13,6 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
+/// Requests served at once unless configured (`--max-concurrent-requests`): room for every
+/// waiting read (`DEFAULT_MAX_WAITERS`) and as many plain ones beside them.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 2 * crate::freshness::DEFAULT_MAX_WAITERS;
+
 /// The HTTP side's bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpBounds {
@@ -25,7 +29,7 @@ pub struct HttpBounds {
 impl Default for HttpBounds {
     fn default() -> Self {
         Self {
-            max_concurrent_requests: 256,
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             request_timeout: Duration::from_secs(10),
         }
     }

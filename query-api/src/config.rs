@@ -2,7 +2,7 @@
 //! Ctrl-C or SIGTERM.
 
 use crate::auth::Tokens;
-use crate::bounds::{HttpBounds, PoolBounds};
+use crate::bounds::{DEFAULT_MAX_CONCURRENT_REQUESTS, HttpBounds, PoolBounds};
 use crate::freshness::{DEFAULT_MAX_WAITERS, FreshnessWatch};
 use crate::http::{AppState, app_with_bounds};
 use crate::live::{Live, LiveConfig};
@@ -57,7 +57,8 @@ pub struct Config {
     pub request_timeout_ms: u64,
     /// Requests served at once (health checks aside); past this a request gets 503
     /// `overloaded` at once.
-    #[arg(long, env = "QUERY_API_MAX_CONCURRENT_REQUESTS", default_value_t = 256,
+    #[arg(long, env = "QUERY_API_MAX_CONCURRENT_REQUESTS",
+          default_value_t = DEFAULT_MAX_CONCURRENT_REQUESTS as u32,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_concurrent_requests: u32,
     /// Live streams (`/deliveries/{id}/stream`, `/stats/stream`, `/events/stream`) open at
