@@ -49,6 +49,11 @@ record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$results"; }
 # field LINE KEY: the value of KEY=VALUE in a bench's output line (units stripped).
 field() { sed -nE "s/.*[ (]$2=([0-9.]+).*/\1/p" <<<"$1" | head -n1; }
 
+# not_visible LINES CODE: how many reads bench pipeline counted not visible for problem CODE.
+not_visible() {
+    sed -nE "s/^not visible: ([0-9]+) x .* $2\$/\1/p" <<<"$1" | awk '{n += $1} END {print n + 0}'
+}
+
 stack_pid=""
 stop_stack() {
     if [ -n "$stack_pid" ]; then
@@ -83,6 +88,22 @@ start_stack() { # STORAGE
 projector_lag() {
     curl -fs http://127.0.0.1:28083/metrics 2>/dev/null \
         | awk '/^projector_lag_messages/ {sum += $2} END {print sum + 0}'
+}
+
+# Waits (up to 10 minutes) until the stack has caught up with what the last phase sent: no
+# outbox row unpublished and no projector lag. Each phase then measures its own load, not the
+# drain of the one before (a relay or projector still catching up shares the 2 cores).
+settle() { # STORAGE PHASE
+    local started=$SECONDS unpublished lag
+    while [ $((SECONDS - started)) -lt 600 ]; do
+        unpublished=$(psql -qAt "$POSTGRES_URL/bench_all_write" \
+            -c "select count(*) from outbox where published_at is null" 2>/dev/null || echo -1)
+        lag=$(projector_lag)
+        [ "$unpublished" = 0 ] && [ "$lag" = 0 ] && break
+        sleep 1
+    done
+    echo "settled before $2 in $((SECONDS - started))s (unpublished=$unpublished lag=$lag)"
+    record "$1" "settle_before_$2" "$((SECONDS - started))"
 }
 
 # Accepted -> published percentiles (ms) of the outbox rows created in the last SECONDS:
@@ -135,12 +156,14 @@ measure() { # STORAGE
         record "$storage" "commands_${clients}_p99" "$(field "$line" p99)"
     done
 
+    settle "$storage" pipeline
     line=$("$bin"/bench pipeline --command-url http://127.0.0.1:28080 \
         --query-url http://127.0.0.1:28081 --rate 500 --seconds "$pipeline_secs" | tee -a /dev/stderr)
     local visible
     visible=$(grep "accepted -> visible" <<<"$line")
     record "$storage" visible_p50 "$(field "$visible" p50)"
     record "$storage" visible_p99 "$(field "$visible" p99)"
+    record "$storage" visible_not_visible "$(field "$(head -n1 <<<"$line")" not_visible)"
     read -r p50 p99 <<<"$(published_latency "$pipeline_secs")"
     echo "accepted -> published: p50=${p50}ms p99=${p99}ms"
     record "$storage" published_p50 "$p50"
@@ -150,6 +173,7 @@ measure() { # STORAGE
     max=$(awk -F'\t' -v s="$storage" '$1 == s && ($2 == "commands_16" || $2 == "commands_64") {
         if ($3 > m) m = $3} END {print int(m)}' "$results")
     sustained_rate=$((max * 8 / 10))
+    settle "$storage" sustained
     echo "== sustained: $sustained_rate commands/s (80% of $max) for ${sustained_secs}s"
     (
         while true; do projector_lag; sleep 1; done
@@ -163,6 +187,8 @@ measure() { # STORAGE
     lag=$(sort -n "$out/lag-$storage.txt" | tail -n1)
     record "$storage" sustained_rate "$sustained_rate"
     record "$storage" sustained_not_visible "$(field "$(head -n1 <<<"$line")" not_visible)"
+    record "$storage" sustained_not_projected "$(not_visible "$line" not-yet-projected)"
+    record "$storage" sustained_shed_waiters "$(not_visible "$line" too-many-waiters)"
     record "$storage" sustained_failed "$(field "$(head -n1 <<<"$line")" failed)"
     record "$storage" sustained_visible_p99 "$(field "$(grep "accepted -> visible" <<<"$line")" p99)"
     record "$storage" sustained_max_lag "${lag:-0}"
@@ -174,6 +200,7 @@ measure() { # STORAGE
         record "$storage" "rss_$part" "$(awk -v k="$kib" 'BEGIN {printf "%.1f", k / 1024}')"
     done
 
+    settle "$storage" queries
     [ "$storage" = durable ] && queries
 
     echo "== catch-up: $backlog events"

@@ -20,7 +20,7 @@ pub struct Config {
     topic: String,
     #[arg(long, default_value_t = 500)]
     messages: u32,
-    /// The consumer's fetch.wait.max.ms (the projector uses 100).
+    /// The consumer's fetch.wait.max.ms (the live projector uses 50).
     #[arg(long, default_value_t = 10)]
     fetch_wait_ms: u32,
 }

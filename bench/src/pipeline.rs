@@ -50,6 +50,10 @@ struct Figures {
     /// without what failed (a refusal, a timeout, a dropped connection).
     failures: BTreeMap<String, u64>,
     not_visible: u64,
+    /// Why reads did not see their command, each reason with its count: a read that waited
+    /// its whole wait (`not-yet-projected`) says something else than one shed at once
+    /// (`too-many-waiters`).
+    not_visible_reasons: BTreeMap<String, u64>,
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -110,6 +114,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for (reason, count) in &figures.failures {
         println!("failed: {count} x {reason}");
     }
+    for (reason, count) in &figures.not_visible_reasons {
+        println!("not visible: {count} x {reason}");
+    }
     println!(
         "command accepted: p50={:.2}ms p99={:.2}ms max={:.2}ms",
         ms(accepted, 0.5),
@@ -167,6 +174,18 @@ fn failure_reason(error: &anyhow::Error) -> String {
     }
 }
 
+/// A refused read's reason: its status and problem code (`503 too-many-waiters`), or its
+/// status alone when the answer is not a problem.
+fn problem_reason(status: reqwest::StatusCode, body: &[u8]) -> String {
+    let code = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|problem| Some(problem.get("code")?.as_str()?.to_owned()));
+    match code {
+        Some(code) => format!("HTTP {} {code}", status.as_u16()),
+        None => format!("HTTP {}", status.as_u16()),
+    }
+}
+
 fn lock(figures: &Mutex<Figures>) -> std::sync::MutexGuard<'_, Figures> {
     figures
         .lock()
@@ -204,18 +223,22 @@ async fn one_command(
         .bearer_auth(&config.reader_token)
         .send()
         .await?;
-    let ok = visible.status().is_success();
-    visible.bytes().await?;
+    let status = visible.status();
+    let body = visible.bytes().await?;
     let mut figures = lock(figures);
     if let Some(h) = figures.accepted.as_mut() {
         h.record(accepted.duration_since(sent).as_micros() as u64)?;
     }
-    if ok {
+    if status.is_success() {
         if let Some(h) = figures.visible.as_mut() {
             h.record(accepted.elapsed().as_micros() as u64)?;
         }
     } else {
         figures.not_visible += 1;
+        *figures
+            .not_visible_reasons
+            .entry(problem_reason(status, &body))
+            .or_default() += 1;
     }
     Ok(())
 }
