@@ -8,6 +8,7 @@ use command_api::error::ApiError;
 use command_api::serve::connect_options;
 use command_api::service::{CommandService, Outcome, Submission};
 use domain::{Actor, Address, Command, CustomerId, DeliveryId, OrderRef, RiderId, Role};
+use e2e::db::hold_appends;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 use std::time::{Duration, Instant};
@@ -45,16 +46,6 @@ fn assign(delivery_id: DeliveryId, rider: &str) -> Submission {
 
 fn new_delivery() -> DeliveryId {
     DeliveryId::from_uuid(Uuid::now_v7())
-}
-
-/// Holds every insert into `events` until the returned transaction ends (reads go on).
-async fn hold_appends(pool: &PgPool) -> Transaction<'static, Postgres> {
-    let mut lock = pool.begin().await.expect("transaction");
-    sqlx::query("lock table events in exclusive mode")
-        .execute(&mut *lock)
-        .await
-        .expect("lock");
-    lock
 }
 
 /// Polls `condition` until it holds, or fails the test after 30 s.

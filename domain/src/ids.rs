@@ -111,7 +111,8 @@ macro_rules! text_id {
     };
 }
 
-/// `is_id_char` as a regular expression.
+/// `is_id_char` as a regular expression (for the schema, so only with `openapi`).
+#[cfg_attr(not(feature = "openapi"), allow(dead_code))]
 const ID_PATTERN: &str = "^[A-Za-z0-9._:-]+$";
 
 fn is_id_char(c: char) -> bool {
@@ -119,6 +120,7 @@ fn is_id_char(c: char) -> bool {
 }
 
 /// `is_text_char` as a regular expression: no character of Unicode's Cc category.
+#[cfg_attr(not(feature = "openapi"), allow(dead_code))]
 const TEXT_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$";
 
 fn is_text_char(c: char) -> bool {

@@ -85,3 +85,15 @@ pub async fn tamper(write: &PgPool, statement: &str) {
     }
     tx.commit().await.expect("commit");
 }
+
+/// Holds every insert into `events` of `write` until the returned transaction ends (reads go
+/// on): commands then wait inside their statement for as long as a test wants, with no timing
+/// involved.
+pub async fn hold_appends(write: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut lock = write.begin().await.expect("transaction");
+    sqlx::query("lock table events in exclusive mode")
+        .execute(&mut *lock)
+        .await
+        .expect("lock");
+    lock
+}

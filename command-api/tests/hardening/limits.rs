@@ -3,20 +3,10 @@
 use crate::support::*;
 use axum::http::{Method, StatusCode};
 use command_api::Limits;
+use e2e::db::hold_appends;
 use serde_json::json;
 use sqlx::PgPool;
 use std::time::Duration;
-
-/// Holds every insert into `events` until the returned transaction ends: commands then wait
-/// inside their transaction for as long as the test wants, with no timing involved.
-async fn hold_appends(pool: &PgPool) -> sqlx::Transaction<'static, sqlx::Postgres> {
-    let mut lock = pool.begin().await.expect("transaction");
-    sqlx::query("lock table events in exclusive mode")
-        .execute(&mut *lock)
-        .await
-        .expect("lock");
-    lock
-}
 
 #[sqlx::test(migrator = "migrations::WRITE")]
 async fn a_command_beyond_the_in_flight_bound_is_shed_at_once(pool: PgPool) {
