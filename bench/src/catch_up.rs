@@ -44,7 +44,7 @@ pub struct Config {
     pub(crate) lanes: usize,
     /// A librdkafka setting over the projector's own, KEY=VALUE (repeatable), as
     /// `projector run --consumer-setting` takes it.
-    #[arg(long = "consumer-setting", value_parser = ConsumerSettings::parse_one)]
+    #[arg(long = "consumer-setting", value_parser = platform::service::key_value)]
     pub(crate) consumer_settings: Vec<(String, String)>,
 }
 

@@ -111,3 +111,22 @@ pub async fn serve(router: Router, address: SocketAddr, name: &str) -> anyhow::R
         .await
         .context("serving")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_setting_is_key_equals_value() {
+        assert_eq!(
+            key_value("sasl.password=a=b"),
+            Ok(("sasl.password".to_owned(), "a=b".to_owned()))
+        );
+        assert_eq!(
+            key_value(" linger.ms =5"),
+            Ok(("linger.ms".to_owned(), "5".to_owned()))
+        );
+        assert!(key_value("no-value").is_err());
+        assert!(key_value("=value").is_err());
+    }
+}

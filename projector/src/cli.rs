@@ -102,7 +102,7 @@ pub struct TopicArgs {
     /// consumer it makes (repeat it, or give several comma separated in the variable): TLS
     /// and SASL for a real cluster (security.protocol, sasl.mechanism, ...), or fetch tuning.
     #[arg(long = "consumer-setting", env = "KAFKA_CONSUMER_SETTINGS", value_delimiter = ',',
-          value_parser = ConsumerSettings::parse_one, hide_env_values = true)]
+          value_parser = platform::service::key_value, hide_env_values = true)]
     consumer_settings: Vec<(String, String)>,
 }
 

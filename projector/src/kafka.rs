@@ -21,11 +21,6 @@ impl ConsumerSettings {
         Self(settings.into_iter().collect())
     }
 
-    /// One `KEY=VALUE` (the value may contain `=`), as the command line gives it.
-    pub fn parse_one(setting: &str) -> Result<(String, String), String> {
-        platform::service::key_value(setting)
-    }
-
     fn apply(&self, config: &mut ClientConfig) {
         for (key, value) in &self.0 {
             config.set(key, value);
@@ -228,13 +223,7 @@ mod tests {
     }
 
     #[test]
-    fn a_setting_is_key_equals_value_and_its_value_stays_secret_in_debug() {
-        assert_eq!(
-            ConsumerSettings::parse_one("sasl.password=a=b"),
-            Ok(("sasl.password".to_owned(), "a=b".to_owned()))
-        );
-        assert!(ConsumerSettings::parse_one("no-value").is_err());
-        assert!(ConsumerSettings::parse_one("=value").is_err());
+    fn a_settings_value_stays_secret_in_debug() {
         let settings = ConsumerSettings::new([("sasl.password".to_owned(), "hunter2".to_owned())]);
         let shown = format!("{settings:?}");
         assert!(
